@@ -1,0 +1,511 @@
+//! Aircall's resources as this service reads them: lenient typed models.
+//!
+//! Aircall adds fields, leaves most of them null or missing, and spells a few differently in
+//! webhooks (`call_uuid` for `sid`, `participants` for `conference_participants`). So: unknown
+//! fields are ignored, every field but a call's `id` is optional, both spellings are accepted,
+//! times may arrive as integers, floats or numeric strings, and ids are 64-bit.
+//!
+//! The same types serialize back (the simulator writes them, jobs carry call snapshots), always
+//! in the REST spelling.
+
+use std::fmt;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// An Aircall call id (64-bit; webhook `data.id` is the same number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(pub u64);
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A call, in the REST (`GET /v1/calls/:id`) or webhook (`data`) form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub id: CallId,
+    #[serde(default, alias = "call_uuid", skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_link: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_enum",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub direction: Option<Direction>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_enum",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status: Option<CallStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_call_reason: Option<String>,
+    /// Unix seconds, UTC.
+    #[serde(
+        default,
+        deserialize_with = "lenient_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub started_at: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub answered_at: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ended_at: Option<i64>,
+    /// Seconds from start to end, ringing included.
+    #[serde(
+        default,
+        deserialize_with = "lenient_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<i64>,
+    /// The other party's number, international format, or `anonymous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_digits: Option<String>,
+    /// Signed MP3 URL; expires. Absent when the call has no recording (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_short_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail_short_url: Option<String>,
+    /// A page behind Aircall's login; never a download source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<User>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_by: Option<User>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_to: Option<User>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub teams: Vec<Value>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub comments: Vec<Value>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub tags: Vec<Value>,
+    #[serde(
+        default,
+        alias = "participants",
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub conference_participants: Vec<Value>,
+}
+
+impl Call {
+    /// A call with only its id, every other field absent.
+    pub fn bare(id: CallId) -> Self {
+        Self {
+            id,
+            sid: None,
+            direct_link: None,
+            direction: None,
+            status: None,
+            missed_call_reason: None,
+            started_at: None,
+            answered_at: None,
+            ended_at: None,
+            duration: None,
+            raw_digits: None,
+            recording: None,
+            recording_short_url: None,
+            voicemail: None,
+            voicemail_short_url: None,
+            asset: None,
+            archived: None,
+            number: None,
+            user: None,
+            contact: None,
+            assigned_to: None,
+            transferred_by: None,
+            transferred_to: None,
+            teams: Vec::new(),
+            comments: Vec::new(),
+            tags: Vec::new(),
+            conference_participants: Vec::new(),
+        }
+    }
+}
+
+/// Call direction. Values Aircall may add later read as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    #[serde(other)]
+    Other,
+}
+
+/// Call lifecycle status; only `Done` is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Initial,
+    Answered,
+    Done,
+    #[serde(other)]
+    Other,
+}
+
+/// An Aircall user (agent).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct User {
+    #[serde(
+        default,
+        deserialize_with = "lenient_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_status: Option<String>,
+    /// Webhooks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<String>,
+    /// ISO 8601 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// An Aircall line (the "internal number" of a call).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Number {
+    #[serde(
+        default,
+        deserialize_with = "lenient_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Display format, e.g. `+33 1 76 11 11 11`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<String>,
+    /// Webhooks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e164_digits: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// An external contact of a call.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Contact {
+    #[serde(
+        default,
+        deserialize_with = "lenient_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub information: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_shared: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub phone_numbers: Vec<ContactDetail>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub emails: Vec<ContactDetail>,
+}
+
+/// One phone number or email of a contact.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ContactDetail {
+    #[serde(
+        default,
+        deserialize_with = "lenient_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Paging metadata of list responses.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Meta {
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub current_page: u64,
+    #[serde(default)]
+    pub per_page: u64,
+    #[serde(default)]
+    pub next_page_link: Option<String>,
+    #[serde(default)]
+    pub previous_page_link: Option<String>,
+}
+
+/// `GET /v1/calls` and `GET /v1/calls/search`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallList {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub calls: Vec<Call>,
+    #[serde(default)]
+    pub meta: Meta,
+}
+
+/// `GET /v1/calls/:id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallEnvelope {
+    pub call: Call,
+}
+
+/// `GET /v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub meta: Meta,
+}
+
+/// An Aircall webhook registration. Its `token` is the secret Aircall puts in every event body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Webhook {
+    pub webhook_id: String,
+    #[serde(default)]
+    pub direct_link: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub custom_name: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub token: Option<SecretString>,
+}
+
+/// `POST/GET/PUT /v1/webhooks/:id`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookEnvelope {
+    pub webhook: Webhook,
+}
+
+/// `GET /v1/webhooks`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookList {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub webhooks: Vec<Webhook>,
+    #[serde(default)]
+    pub meta: Meta,
+}
+
+/// What to register or change on a webhook. `events: None` is sent as an explicit list anyway
+/// by callers that care: Aircall subscribes a webhook without `events` to **every** event.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WebhookSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+}
+
+/// The body of every webhook delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookEvent<T> {
+    pub resource: String,
+    pub event: String,
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    pub token: String,
+    pub data: T,
+}
+
+/// Every event Aircall can send; a webhook registered without `events` receives all of them.
+pub const ALL_EVENTS: &[&str] = &[
+    "call.created",
+    "call.ringing_on_agent",
+    "call.agent_declined",
+    "call.answered",
+    "call.transferred",
+    "call.external_transferred",
+    "call.unsuccessful_transfer",
+    "call.hungup",
+    "call.ended",
+    "call.hold",
+    "call.unhold",
+    "call.ivr_option_selected",
+    "call.voicemail_left",
+    "call.comm_assets_generated",
+    "call.assigned",
+    "call.archived",
+    "call.tagged",
+    "call.untagged",
+    "call.commented",
+    "user.created",
+    "user.deleted",
+    "user.connected",
+    "user.disconnected",
+    "user.opened",
+    "user.closed",
+    "number.created",
+    "number.deleted",
+    "number.opened",
+    "number.closed",
+    "contact.created",
+    "contact.updated",
+    "contact.deleted",
+    "message.sent",
+    "message.received",
+    "message.status_updated",
+];
+
+/// The events this service handles, and the only ones it subscribes to.
+pub const HANDLED_EVENTS: &[&str] = &["call.ended", "call.comm_assets_generated"];
+
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// An enum value Aircall may send in an unexpected shape (a number, an object) reads as absent
+/// rather than failing the whole call.
+fn lenient_enum<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// Unix seconds as an integer, a float, or a numeric string.
+fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("time out of range: {n}"))),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| Some(f as i64))
+            .ok_or_else(|| D::Error::custom(format!("not a unix time: {s:?}"))),
+        other => Err(D::Error::custom(format!("not a unix time: {other}"))),
+    }
+}
+
+/// A nested resource id (user, number, contact) as an integer or a numeric string; anything else
+/// reads as absent: those ids are informational, and an odd one must not cost us the call.
+fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_spellings_read_as_rest_fields() {
+        let call: Call = serde_json::from_value(serde_json::json!({
+            "id": 9_000_000_000_u64, "call_uuid": "CA1", "participants": [{"id": 1}],
+            "started_at": "1735732800", "duration": 12.0
+        }))
+        .unwrap();
+        assert_eq!(call.id, CallId(9_000_000_000));
+        assert_eq!(call.sid.as_deref(), Some("CA1"));
+        assert_eq!(call.conference_participants.len(), 1);
+        assert_eq!(call.started_at, Some(1_735_732_800));
+        assert_eq!(call.duration, Some(12));
+    }
+
+    #[test]
+    fn a_call_needs_an_integer_id() {
+        assert!(serde_json::from_str::<Call>(r#"{"id":"812"}"#).is_err());
+        assert!(serde_json::from_str::<Call>(r#"{"direction":"inbound"}"#).is_err());
+    }
+}

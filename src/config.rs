@@ -1,0 +1,849 @@
+//! Settings of every role: typed, with documented defaults, read from (in order of precedence,
+//! lowest first) the defaults below, an optional TOML file (`--config FILE`) and
+//! `AIRCALL_INGEST_*` environment variables, where `__` separates nesting levels
+//! (`AIRCALL_INGEST_AIRCALL__MAX_ATTEMPTS=3` sets `aircall.max_attempts`).
+//!
+//! Loading validates everything once; every problem is reported with the setting's key, the
+//! environment variable that sets it and where the bad value came from. Secrets are `secrecy`
+//! types: they never reach `Debug`, a log line or the printed configuration.
+//!
+//! This module never reads the current directory for a configuration file: the path is explicit.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+/// Prefix of every environment variable the service reads.
+pub const ENV_PREFIX: &str = "AIRCALL_INGEST_";
+/// Separator of nesting levels in environment variable names.
+pub const ENV_NESTING: &str = "__";
+
+/// Admin token used in development mode when none is configured. Never valid in production.
+pub const DEVELOPMENT_ADMIN_TOKEN: &str = "dev-admin-token-not-for-production";
+/// Secret key used in development mode when none is configured.
+pub const DEVELOPMENT_SECRET_KEY: &[u8; 32] = b"development-key-not-for-prod-use";
+
+/// Every setting of the service. Field comments are the reference documentation; the README's
+/// configuration table mirrors them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `production` (the default) refuses to start without `admin_token` and `secret_key`;
+    /// `development` fills them with well-known local values and warns about it.
+    pub mode: Mode,
+    /// RabbitMQ, e.g. `amqp://user:password@rabbitmq:5672/%2f`.
+    pub amqp_url: SecretUrl,
+    /// Redis, e.g. `redis://:password@redis:6379/0`.
+    pub redis_url: SecretUrl,
+    /// Prefix of every Redis key this service writes, so several deployments can share a Redis.
+    pub redis_key_prefix: String,
+    /// Timeout of one Redis command, and of connecting to Redis, in milliseconds.
+    pub redis_timeout_ms: u64,
+    /// Aircall's public API, without the `/v1` (the simulator's address in local runs).
+    pub aircall_base_url: Url,
+    /// Where Aircall reaches this service: webhooks are registered at
+    /// `{public_url}/webhooks/aircall/{connection}`. Must be HTTPS in production.
+    pub public_url: Url,
+    /// Bearer token of the admin API. At least 16 characters.
+    #[serde(serialize_with = "redact_option")]
+    pub admin_token: Option<SecretString>,
+    /// 32 random bytes, base64 or hex: encrypts stored Aircall credentials and keys the webhook
+    /// token fingerprints. Generate one with `openssl rand -base64 32`.
+    #[serde(serialize_with = "redact_option")]
+    pub secret_key: Option<SecretString>,
+    /// Root of the local recording storage.
+    pub storage_dir: PathBuf,
+    /// The `serve` role.
+    pub serve: ServeSettings,
+    /// The Aircall API client and the shared rate-limit budget.
+    pub aircall: AircallSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Run mode; see [`Settings::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Development,
+    #[default]
+    Production,
+}
+
+/// Settings of the HTTP role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Address the HTTP server binds (`serve --listen` overrides it).
+    pub listen: String,
+}
+
+/// Settings of the Aircall API client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AircallSettings {
+    /// Time allowed to open a TCP + TLS connection to Aircall, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest silence while reading an answer from Aircall, in milliseconds.
+    pub read_timeout_ms: u64,
+    /// Time allowed for one whole API request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests per window one Aircall company may receive from all our processes together,
+    /// until Aircall's `X-AircallApi-Limit` header says otherwise.
+    pub requests_per_window: u32,
+    /// Length of the rate-limit window, in milliseconds (Aircall counts per minute).
+    pub rate_limit_window_ms: u64,
+    /// Extra time a spent request keeps counting against the budget, in milliseconds, so that
+    /// requests granted together but delayed differently on the way still fit Aircall's window.
+    pub rate_limit_margin_ms: u64,
+    /// Attempts per API request (the first included) on transient errors and 429s.
+    pub max_attempts: u32,
+    /// First backoff after a transient error, in milliseconds; doubles per attempt, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest backoff after a transient error, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Longest single wait on a 429 when Aircall's headers ask for more, in milliseconds.
+    pub max_rate_limit_wait_ms: u64,
+    /// A listed time range holding more calls than this is split in halves before paging, so no
+    /// request ever crosses Aircall's 10,000-result cap.
+    pub listing_split_threshold: u32,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,aircall_ingest=debug` (`RUST_LOG` overrides it).
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Production,
+            amqp_url: SecretUrl::parse_static("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            redis_url: SecretUrl::parse_static("redis://127.0.0.1:6379/"),
+            redis_key_prefix: "aircall-ingest".into(),
+            redis_timeout_ms: 1_000,
+            aircall_base_url: static_url("https://api.aircall.io/"),
+            public_url: static_url("http://127.0.0.1:8080/"),
+            admin_token: None,
+            secret_key: None,
+            storage_dir: PathBuf::from("./data"),
+            serve: ServeSettings::default(),
+            aircall: AircallSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for AircallSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            requests_per_window: 60,
+            rate_limit_window_ms: 60_000,
+            rate_limit_margin_ms: 250,
+            max_attempts: 5,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            max_rate_limit_wait_ms: 120_000,
+            listing_split_threshold: 9_000,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+impl AircallSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn rate_limit_window(&self) -> Duration {
+        Duration::from_millis(self.rate_limit_window_ms)
+    }
+    pub fn rate_limit_margin(&self) -> Duration {
+        Duration::from_millis(self.rate_limit_margin_ms)
+    }
+    pub fn backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.backoff_initial_ms)
+    }
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
+    pub fn max_rate_limit_wait(&self) -> Duration {
+        Duration::from_millis(self.max_rate_limit_wait_ms)
+    }
+}
+
+impl Settings {
+    /// Reads the configuration from the optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Reads the configuration from the optional file and the given environment variables
+    /// (those without the `AIRCALL_INGEST_` prefix are ignored), then validates it.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut layers = Layers::default();
+        if let Some(path) = file {
+            layers.add_file(path)?;
+        }
+        // Bad variables are left out so the rest can still be checked: all problems at once.
+        let mut problems = layers.add_env(env);
+        match layers.deserialize() {
+            Ok(settings) => {
+                problems.extend(settings.problems().into_iter().map(|p| layers.locate(p)));
+                if problems.is_empty() {
+                    return Ok(settings);
+                }
+            }
+            Err(problem) => problems.push(problem),
+        }
+        Err(ConfigError { problems })
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// The secrets the service roles need, after checking what production mode requires of
+    /// them: every secret set and an HTTPS `public_url`. In development mode the well-known local
+    /// values stand in for missing secrets.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        let mut problems = Vec::new();
+        let dev = self.mode == Mode::Development;
+        if !dev && self.public_url.scheme() != "https" {
+            problems.push(Problem::new(
+                "public_url",
+                "must be HTTPS in production mode (Aircall only delivers webhooks over HTTPS)",
+            ));
+        }
+        let admin_token = match (&self.admin_token, dev) {
+            (Some(token), _) => Some(token.clone()),
+            (None, true) => Some(SecretString::from(DEVELOPMENT_ADMIN_TOKEN)),
+            (None, false) => {
+                problems.push(Problem::new(
+                    "admin_token",
+                    "is required in production mode",
+                ));
+                None
+            }
+        };
+        let secret_key = match (&self.secret_key, dev) {
+            (Some(key), _) => match decode_secret_key(key.expose_secret()) {
+                Ok(key) => Some(key),
+                Err(why) => {
+                    problems.push(Problem::new("secret_key", why));
+                    None
+                }
+            },
+            (None, true) => Some(*DEVELOPMENT_SECRET_KEY),
+            (None, false) => {
+                problems.push(Problem::new(
+                    "secret_key",
+                    "is required in production mode (generate one with `openssl rand -base64 32`)",
+                ));
+                None
+            }
+        };
+        match (admin_token, secret_key) {
+            (Some(admin_token), Some(secret_key)) if problems.is_empty() => Ok(Secrets {
+                admin_token,
+                secret_key: SecretKey(SecretBox::new(Box::new(secret_key))),
+                using_development_defaults: self.admin_token.is_none() || self.secret_key.is_none(),
+            }),
+            _ => Err(ConfigError {
+                problems: problems.into_iter().map(|p| p.located(None)).collect(),
+            }),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets replaced by `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Every semantic problem of already well-typed settings (mode-independent; what production
+    /// mode requires on top is checked by [`Settings::secrets`]).
+    fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let amqp_scheme = self.amqp_url.0.scheme();
+        require(
+            &mut p,
+            matches!(amqp_scheme, "amqp" | "amqps"),
+            "amqp_url",
+            format!("must be an amqp:// or amqps:// URL, got scheme `{amqp_scheme}`"),
+        );
+        let redis_scheme = self.redis_url.0.scheme();
+        require(
+            &mut p,
+            matches!(redis_scheme, "redis" | "rediss"),
+            "redis_url",
+            format!("must be a redis:// or rediss:// URL, got scheme `{redis_scheme}`"),
+        );
+        require(
+            &mut p,
+            !self.redis_key_prefix.is_empty()
+                && !self
+                    .redis_key_prefix
+                    .contains(|c: char| c.is_whitespace() || c == '{'),
+            "redis_key_prefix",
+            "must be non-empty, without whitespace or `{`".into(),
+        );
+        require(
+            &mut p,
+            is_http(&self.aircall_base_url),
+            "aircall_base_url",
+            format!("must be an http(s) URL, got `{}`", self.aircall_base_url),
+        );
+        require(
+            &mut p,
+            is_http(&self.public_url),
+            "public_url",
+            format!("must be an http(s) URL, got `{}`", self.public_url),
+        );
+        if let Some(token) = &self.admin_token {
+            require(
+                &mut p,
+                token.expose_secret().chars().count() >= 16,
+                "admin_token",
+                "must be at least 16 characters long".into(),
+            );
+        }
+        if let Some(Err(why)) = self
+            .secret_key
+            .as_ref()
+            .map(|k| decode_secret_key(k.expose_secret()))
+        {
+            p.push(Problem::new("secret_key", why));
+        }
+        require(
+            &mut p,
+            !self.storage_dir.as_os_str().is_empty(),
+            "storage_dir",
+            "must not be empty".into(),
+        );
+        require(
+            &mut p,
+            self.serve.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "serve.listen",
+            format!(
+                "must be an address such as 0.0.0.0:8080, got `{}`",
+                self.serve.listen
+            ),
+        );
+        let a = &self.aircall;
+        let ranges: [(u64, &str, u64, u64); 12] = [
+            (self.redis_timeout_ms, "redis_timeout_ms", 1, 60_000),
+            (
+                a.connect_timeout_ms,
+                "aircall.connect_timeout_ms",
+                100,
+                120_000,
+            ),
+            (a.read_timeout_ms, "aircall.read_timeout_ms", 100, 600_000),
+            (
+                a.request_timeout_ms,
+                "aircall.request_timeout_ms",
+                100,
+                600_000,
+            ),
+            (
+                a.requests_per_window.into(),
+                "aircall.requests_per_window",
+                1,
+                100_000,
+            ),
+            (
+                a.rate_limit_window_ms,
+                "aircall.rate_limit_window_ms",
+                100,
+                3_600_000,
+            ),
+            (
+                a.rate_limit_margin_ms,
+                "aircall.rate_limit_margin_ms",
+                0,
+                60_000,
+            ),
+            (a.max_attempts.into(), "aircall.max_attempts", 1, 20),
+            (
+                a.backoff_initial_ms,
+                "aircall.backoff_initial_ms",
+                1,
+                600_000,
+            ),
+            (
+                a.backoff_max_ms,
+                "aircall.backoff_max_ms",
+                a.backoff_initial_ms.max(1),
+                3_600_000,
+            ),
+            (
+                a.max_rate_limit_wait_ms,
+                "aircall.max_rate_limit_wait_ms",
+                1,
+                3_600_000,
+            ),
+            (
+                a.listing_split_threshold.into(),
+                "aircall.listing_split_threshold",
+                50,
+                9_950,
+            ),
+        ];
+        for (value, key, min, max) in ranges {
+            require(
+                &mut p,
+                (min..=max).contains(&value),
+                key,
+                format!("must be between {min} and {max}, got {value}"),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(Problem::new(
+                "log.level",
+                format!("is not a valid filter: {e}"),
+            ));
+        }
+        p
+    }
+}
+
+fn require(problems: &mut Vec<Problem>, ok: bool, key: &str, message: String) {
+    if !ok {
+        problems.push(Problem::new(key, message));
+    }
+}
+
+fn is_http(url: &Url) -> bool {
+    matches!(url.scheme(), "http" | "https") && url.host().is_some()
+}
+
+/// Accepts 32 bytes written as standard base64 or as 64 hex digits.
+fn decode_secret_key(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).map_err(|e| e.to_string())?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| "must be 32 bytes written as base64 or as 64 hex digits".to_string())?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("must decode to exactly 32 bytes, got {}", bytes.len()))
+}
+
+/// The secrets of a running service, resolved from the settings.
+pub struct Secrets {
+    pub admin_token: SecretString,
+    pub secret_key: SecretKey,
+    /// True when a development default stands in for a missing secret.
+    pub using_development_defaults: bool,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets").finish_non_exhaustive()
+    }
+}
+
+/// The 32-byte server key.
+pub struct SecretKey(SecretBox<[u8; 32]>);
+
+impl SecretKey {
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+}
+
+/// A URL that may carry a password; `Debug`, `Display` and serialization hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(Url);
+
+impl SecretUrl {
+    fn parse_static(text: &'static str) -> Self {
+        Self(static_url(text))
+    }
+    /// The URL with its password, for the one place that connects with it.
+    pub fn expose(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl From<Url> for SecretUrl {
+    fn from(url: Url) -> Self {
+        Self(url)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = &self.0;
+        if url.password().is_none() {
+            return f.write_str(url.as_str());
+        }
+        write!(
+            f,
+            "{}://{}:[redacted]@{}",
+            url.scheme(),
+            url.username(),
+            &url[url::Position::BeforeHost..]
+        )
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Url::deserialize(d).map(Self)
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn redact_option<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_str("[not set]"),
+    }
+}
+
+fn static_url(text: &'static str) -> Url {
+    // The defaults above are literals checked by `defaults_are_valid` in the tests.
+    Url::parse(text).unwrap_or_else(|e| panic!("default URL {text} is invalid: {e}"))
+}
+
+/// The environment variable that sets a key: `aircall.max_attempts` →
+/// `AIRCALL_INGEST_AIRCALL__MAX_ATTEMPTS`.
+pub fn env_var_for(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', ENV_NESTING).to_ascii_uppercase()
+    )
+}
+
+/// Invalid configuration: every problem found, each naming its setting.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<LocatedProblem>,
+}
+
+/// One problem with one setting.
+#[derive(Debug, Clone)]
+pub struct LocatedProblem {
+    /// Dotted key, e.g. `aircall.max_attempts`.
+    pub key: String,
+    /// The environment variable that sets it.
+    pub env_var: String,
+    /// Where the offending value came from, when it did not come from the defaults.
+    pub origin: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            write!(f, "  - {} ({}): {}", p.key, p.env_var, p.message)?;
+            match &p.origin {
+                Some(origin) => writeln!(f, " [set by {origin}]")?,
+                None => writeln!(f)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug)]
+struct Problem {
+    key: String,
+    message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+    fn located(self, origin: Option<String>) -> LocatedProblem {
+        LocatedProblem {
+            env_var: env_var_for(&self.key),
+            key: self.key,
+            origin,
+            message: self.message,
+        }
+    }
+}
+
+/// The file and environment layers merged into one TOML table, remembering where each value
+/// came from so problems can point at it.
+#[derive(Default)]
+struct Layers {
+    table: toml::Table,
+    origins: HashMap<String, String>,
+}
+
+impl Layers {
+    fn add_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let fail = |message: String| ConfigError {
+            problems: vec![LocatedProblem {
+                key: "--config".into(),
+                env_var: "-".into(),
+                origin: Some(path.display().to_string()),
+                message,
+            }],
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| fail(format!("is not valid TOML: {e}")))?;
+        let origin = format!("file {}", path.display());
+        let mut leaves = Vec::new();
+        collect_leaves(&table, "", &mut leaves);
+        for key in leaves {
+            self.origins.insert(key, origin.clone());
+        }
+        self.table = table;
+        Ok(())
+    }
+
+    /// Adds the `AIRCALL_INGEST_*` variables; returns the problems of those it had to leave out.
+    fn add_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Vec<LocatedProblem> {
+        // The defaults tell each variable's type, since environment values are all text.
+        let schema = toml::Table::try_from(Settings::default()).unwrap_or_default();
+        let mut problems = Vec::new();
+        let mut vars: Vec<_> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split(ENV_NESTING)
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let key = path.join(".");
+            let origin = format!("environment variable {name}");
+            if path.iter().any(String::is_empty) {
+                problems.push(LocatedProblem {
+                    key,
+                    env_var: name,
+                    origin: Some(origin),
+                    message: "is not a valid setting name".into(),
+                });
+                continue;
+            }
+            let Some(known) = lookup(&schema, &path) else {
+                problems.push(LocatedProblem {
+                    key,
+                    env_var: name,
+                    origin: Some(origin),
+                    message: "is not a setting of aircall-ingest".into(),
+                });
+                continue;
+            };
+            match coerce(known, &raw) {
+                Ok(value) => {
+                    insert(&mut self.table, &path, value);
+                    self.origins.insert(key, origin);
+                }
+                Err(message) => problems.push(LocatedProblem {
+                    key,
+                    env_var: name,
+                    origin: Some(origin),
+                    message,
+                }),
+            }
+        }
+        problems
+    }
+
+    /// Serde stops at the first problem, so this reports one (the file's: the variables were
+    /// checked already).
+    fn deserialize(&self) -> Result<Settings, LocatedProblem> {
+        let value = toml::Value::Table(self.table.clone());
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
+            let message = e.into_inner().to_string();
+            // For an unknown field the path names its parent; the message names the field.
+            self.locate(Problem::new(key, message.trim_end()))
+        })
+    }
+
+    fn locate(&self, problem: Problem) -> LocatedProblem {
+        let origin = self.origins.get(&problem.key).cloned();
+        problem.located(origin)
+    }
+}
+
+fn collect_leaves(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => collect_leaves(t, &key, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(first)?;
+    match (rest.is_empty(), value) {
+        (true, v) => Some(v),
+        (false, toml::Value::Table(t)) => lookup(t, rest),
+        (false, _) => None,
+    }
+}
+
+/// Environment values are text; the default's type says what the text must be.
+fn coerce(schema: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    match schema {
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("must be a whole number, got `{raw}`")),
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("must be a number, got `{raw}`")),
+        toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("must be true or false, got `{raw}`")),
+        },
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )),
+        toml::Value::Table(_) => {
+            Err("names a group of settings, not one setting; use `__` to reach its fields".into())
+        }
+        // Text, including the optional secrets (their schema entry is the redaction text).
+        toml::Value::String(_) | toml::Value::Datetime(_) => {
+            Ok(toml::Value::String(raw.to_string()))
+        }
+    }
+}
+
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.mode, Mode::Production);
+        assert_eq!(s.aircall.requests_per_window, 60);
+    }
+
+    #[test]
+    fn env_var_names_follow_the_nesting_rule() {
+        assert_eq!(
+            env_var_for("aircall.max_attempts"),
+            "AIRCALL_INGEST_AIRCALL__MAX_ATTEMPTS"
+        );
+        assert_eq!(
+            env_var_for("aircall_base_url"),
+            "AIRCALL_INGEST_AIRCALL_BASE_URL"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! aircall-ingest imports a sales team's Aircall calls — metadata and recording — into a
+//! sales-analytics platform.
+//!
+//! Two paths bring calls in: Aircall's `call.ended` webhooks (fast path) and a reconciliation
+//! poller that lists recent calls through the API (safety net). Roles are chosen by subcommand
+//! (`serve`, `worker`, `reconcile`, `all`) so operators scale each on its own; `simulate` runs the
+//! bundled Aircall simulator used by the local demo, the tests and the benchmarks.
+//!
+//! Everything lives in this library so the integration tests drive the real code; `main.rs` only
+//! parses the command line, loads the configuration and starts the chosen role.
+
+pub mod aircall;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod shutdown;
+pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,29 @@
+//! `aircall-ingest`: parse the command line, load the configuration, set up logging, run the
+//! chosen role. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use aircall_ingest::{app, cli::Cli, config::Settings, shutdown, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let cancel = shutdown::on_signals();
+    match app::run(cli.command, settings, cancel).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped on an error");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary, real Redis, real HTTP, the simulator standing in for Aircall.
+//! Each test uses its own Redis key prefix and its own simulator, so tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client;
+mod config;
+mod helpers;
+mod rate_limit;
+mod simulator;
