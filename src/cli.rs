@@ -116,36 +116,46 @@ pub struct SimulateArgs {
     pub reset_in_millis: bool,
 
     /// Share of API requests answered 5xx.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub error_5xx_share: f64,
     /// Share of API requests answered 429.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub rate_limit_429_share: f64,
     /// Latency added to every API answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Share of recording downloads cut short.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub truncate_share: f64,
     /// Share of webhook deliveries dropped.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub drop_webhook_share: f64,
 
     /// Share of calls nobody answered.
-    #[arg(long)]
+    #[arg(long, value_parser = share)]
     pub missed_share: Option<f64>,
     /// Share of answered calls without a recording.
-    #[arg(long)]
+    #[arg(long, value_parser = share)]
     pub no_recording_share: Option<f64>,
     /// Share of agents who are not paying users of the platform.
-    #[arg(long)]
+    #[arg(long, value_parser = share)]
     pub unknown_agent_share: Option<f64>,
     /// Share of recordings over 200 MB.
-    #[arg(long)]
+    #[arg(long, value_parser = share)]
     pub oversized_share: Option<f64>,
     /// Share of recordings that appear late.
-    #[arg(long)]
+    #[arg(long, value_parser = share)]
     pub late_recording_share: Option<f64>,
+}
+
+/// A probability: a number from 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not a share: write a number from 0 to 1"
+        )),
+    }
 }
 
 impl SimulateArgs {
