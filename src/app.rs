@@ -130,13 +130,13 @@ async fn probe(
     cancel: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let aircall = aircall(settings, redis(settings)?)?;
-    let client = aircall.client(
-        Credentials {
-            api_id: args.api_id,
-            api_token: args.api_token,
-        },
-        cancel,
-    );
+    // The probe has no connection: its budget is named after the key it checks.
+    let budget = format!("probe:{}", args.api_id);
+    let credentials = Credentials {
+        api_id: args.api_id,
+        api_token: args.api_token,
+    };
+    let client = aircall.client(credentials, &budget, cancel);
     if let Err(e) = client.ping().await {
         eprintln!("credentials check failed: {e}");
         if matches!(e, crate::aircall::AircallError::InvalidCredentials { .. }) {

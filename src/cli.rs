@@ -130,6 +130,15 @@ pub struct SimulateArgs {
     /// Share of webhook deliveries dropped.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub drop_webhook_share: f64,
+    /// Share of webhook deliveries sent twice.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub duplicate_webhook_share: f64,
+    /// Up to this much extra delay per webhook delivery, in milliseconds (reorders them).
+    #[arg(long, default_value_t = 0)]
+    pub webhook_jitter_ms: u64,
+    /// Address recording URLs point to (default: the API's address).
+    #[arg(long)]
+    pub recording_url: Option<Url>,
 
     /// Share of calls nobody answered.
     #[arg(long, value_parser = share)]
@@ -174,7 +183,10 @@ impl SimulateArgs {
                 latency_ms: self.latency_ms,
                 truncate_recording_share: self.truncate_share,
                 drop_webhook_share: self.drop_webhook_share,
+                duplicate_webhook_share: self.duplicate_webhook_share,
+                webhook_jitter_ms: self.webhook_jitter_ms,
             },
+            recording_url: self.recording_url.clone(),
             ..SimSettings::default()
         }
     }

@@ -61,10 +61,19 @@ pub struct Settings {
     pub storage_dir: PathBuf,
     /// The `serve` role.
     pub serve: ServeSettings,
+    /// Webhook intake.
+    pub intake: IntakeSettings,
+    /// RabbitMQ names and delivery policy.
+    pub queue: QueueSettings,
     /// The Aircall API client and the shared rate-limit budget.
     pub aircall: AircallSettings,
     /// Logging.
     pub log: LogSettings,
+    /// `AIRCALL_INGEST_*` variables that are not settings (Kubernetes, for one, sets
+    /// `AIRCALL_INGEST_SERVICE_HOST` and friends for a Service of that name). Ignored, and
+    /// reported at start so a typo does not go unnoticed.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// Run mode; see [`Settings::mode`].
@@ -82,6 +91,45 @@ pub enum Mode {
 pub struct ServeSettings {
     /// Address the HTTP server binds (`serve --listen` overrides it).
     pub listen: String,
+}
+
+/// Settings of the webhook endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// Largest webhook body accepted, in bytes (Aircall's are a few KiB).
+    pub max_body_bytes: usize,
+    /// How long a webhook waits for RabbitMQ to confirm its job before the job goes to the
+    /// Redis spool instead, in milliseconds. Keeps every answer far inside Aircall's 5 s.
+    pub broker_confirm_timeout_ms: u64,
+    /// How long an accepted (connection, event, call) is remembered to shed Aircall's obvious
+    /// redeliveries, in milliseconds (0 turns it off). The worker is idempotent regardless.
+    pub dedupe_ttl_ms: u64,
+    /// How long a connection's webhook fingerprint is cached in memory, in milliseconds. A stale
+    /// entry also answers while Redis is unreachable.
+    pub connection_cache_ttl_ms: u64,
+    /// How often the spool drainer looks for spooled jobs, in milliseconds.
+    pub spool_drain_interval_ms: u64,
+    /// Spooled jobs moved to RabbitMQ per round trip.
+    pub spool_drain_batch: usize,
+    /// `Retry-After` sent with a 503 when neither RabbitMQ nor Redis can hold a job, in seconds.
+    pub retry_after_s: u64,
+}
+
+/// RabbitMQ topology and delivery policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Prefix of every exchange and queue name, so deployments can share a virtual host.
+    pub prefix: String,
+    /// Delay before each retry of a failed import, in milliseconds; one retry queue per entry,
+    /// and the number of entries is the number of retries before the dead-letter queue.
+    pub retry_delays_ms: Vec<u64>,
+    /// Deliveries of one message (crashes included) after which RabbitMQ itself dead-letters it,
+    /// so a message that kills its worker every time cannot loop forever.
+    pub delivery_limit: u32,
+    /// Time allowed to connect to RabbitMQ, in milliseconds.
+    pub connect_timeout_ms: u64,
 }
 
 /// Settings of the Aircall API client.
@@ -147,9 +195,58 @@ impl Default for Settings {
             secret_key: None,
             storage_dir: PathBuf::from("./data"),
             serve: ServeSettings::default(),
+            intake: IntakeSettings::default(),
+            queue: QueueSettings::default(),
             aircall: AircallSettings::default(),
             log: LogSettings::default(),
+            ignored_env: Vec::new(),
         }
+    }
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            broker_confirm_timeout_ms: 1_000,
+            dedupe_ttl_ms: 10 * 60 * 1_000,
+            connection_cache_ttl_ms: 10_000,
+            spool_drain_interval_ms: 500,
+            spool_drain_batch: 100,
+            retry_after_s: 30,
+        }
+    }
+}
+
+impl IntakeSettings {
+    pub fn broker_confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker_confirm_timeout_ms)
+    }
+    pub fn dedupe_ttl(&self) -> Duration {
+        Duration::from_millis(self.dedupe_ttl_ms)
+    }
+    pub fn connection_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.connection_cache_ttl_ms)
+    }
+    pub fn spool_drain_interval(&self) -> Duration {
+        Duration::from_millis(self.spool_drain_interval_ms)
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            prefix: "aircall-ingest".into(),
+            retry_delays_ms: vec![5_000, 30_000, 120_000, 600_000, 1_800_000],
+            delivery_limit: 20,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl QueueSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
 }
 
@@ -234,7 +331,8 @@ impl Settings {
         // Bad variables are left out so the rest can still be checked: all problems at once.
         let mut problems = layers.add_env(env);
         match layers.deserialize() {
-            Ok(settings) => {
+            Ok(mut settings) => {
+                settings.ignored_env = std::mem::take(&mut layers.ignored);
                 problems.extend(settings.problems().into_iter().map(|p| layers.locate(p)));
                 if problems.is_empty() {
                     return Ok(settings);
@@ -259,6 +357,12 @@ impl Settings {
             problems.push(Problem::new(
                 "public_url",
                 "must be HTTPS in production mode (Aircall only delivers webhooks over HTTPS)",
+            ));
+        }
+        if !dev && self.aircall_base_url.scheme() != "https" {
+            problems.push(Problem::new(
+                "aircall_base_url",
+                "must be HTTPS in production mode (requests carry the API credentials)",
             ));
         }
         let admin_token = match (&self.admin_token, dev) {
@@ -341,6 +445,13 @@ impl Settings {
         );
         require(
             &mut p,
+            !self.aircall_base_url.path().trim_end_matches('/').ends_with("/v1"),
+            "aircall_base_url",
+            "must not end with /v1: the client adds the API version itself (use https://api.aircall.io)"
+                .into(),
+        );
+        require(
+            &mut p,
             is_http(&self.public_url),
             "public_url",
             format!("must be an http(s) URL, got `{}`", self.public_url),
@@ -375,8 +486,72 @@ impl Settings {
                 self.serve.listen
             ),
         );
+        require(
+            &mut p,
+            !self.queue.prefix.is_empty()
+                && self.queue.prefix.len() <= 100
+                && self
+                    .queue
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "queue.prefix",
+            "must be 1 to 100 letters, digits, `-`, `_` or `.`".into(),
+        );
+        require(
+            &mut p,
+            !self.queue.retry_delays_ms.is_empty()
+                && self.queue.retry_delays_ms.len() <= 20
+                && self
+                    .queue
+                    .retry_delays_ms
+                    .iter()
+                    .all(|d| (100..=86_400_000).contains(d)),
+            "queue.retry_delays_ms",
+            "must list 1 to 20 delays, each from 100 ms to one day".into(),
+        );
+        let (i, q) = (&self.intake, &self.queue);
         let a = &self.aircall;
-        let ranges: [(u64, &str, u64, u64); 12] = [
+        let ranges: &[(u64, &str, u64, u64)] = &[
+            (
+                i.max_body_bytes as u64,
+                "intake.max_body_bytes",
+                1_024,
+                16 * 1024 * 1024,
+            ),
+            (
+                i.broker_confirm_timeout_ms,
+                "intake.broker_confirm_timeout_ms",
+                10,
+                4_000,
+            ),
+            (i.dedupe_ttl_ms, "intake.dedupe_ttl_ms", 0, 7 * 86_400_000),
+            (
+                i.connection_cache_ttl_ms,
+                "intake.connection_cache_ttl_ms",
+                0,
+                3_600_000,
+            ),
+            (
+                i.spool_drain_interval_ms,
+                "intake.spool_drain_interval_ms",
+                10,
+                60_000,
+            ),
+            (
+                i.spool_drain_batch as u64,
+                "intake.spool_drain_batch",
+                1,
+                10_000,
+            ),
+            (i.retry_after_s, "intake.retry_after_s", 1, 3_600),
+            (q.delivery_limit.into(), "queue.delivery_limit", 1, 1_000),
+            (
+                q.connect_timeout_ms,
+                "queue.connect_timeout_ms",
+                100,
+                120_000,
+            ),
             (self.redis_timeout_ms, "redis_timeout_ms", 1, 60_000),
             (
                 a.connect_timeout_ms,
@@ -435,7 +610,7 @@ impl Settings {
                 9_950,
             ),
         ];
-        for (value, key, min, max) in ranges {
+        for &(value, key, min, max) in ranges {
             require(
                 &mut p,
                 (min..=max).contains(&value),
@@ -544,7 +719,11 @@ impl fmt::Debug for SecretUrl {
 
 impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Url::deserialize(d).map(Self)
+        // The error names what is wrong, never the text: it may hold a password.
+        let text = String::deserialize(d)?;
+        Url::parse(&text)
+            .map(Self)
+            .map_err(|e| serde::de::Error::custom(format!("is not a valid URL ({e})")))
     }
 }
 
@@ -638,6 +817,8 @@ impl Problem {
 struct Layers {
     table: toml::Table,
     origins: HashMap<String, String>,
+    /// Variables with the prefix that name no setting.
+    ignored: Vec<String>,
 }
 
 impl Layers {
@@ -691,12 +872,7 @@ impl Layers {
                 continue;
             }
             let Some(known) = lookup(&schema, &path) else {
-                problems.push(LocatedProblem {
-                    key,
-                    env_var: name,
-                    origin: Some(origin),
-                    message: "is not a setting of aircall-ingest".into(),
-                });
+                self.ignored.push(name);
                 continue;
             };
             match coerce(known, &raw) {
@@ -780,13 +956,19 @@ fn coerce(schema: &toml::Value, raw: &str) -> Result<toml::Value, String> {
             "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
             _ => Err(format!("must be true or false, got `{raw}`")),
         },
-        toml::Value::Array(_) => Ok(toml::Value::Array(
+        // A comma-separated list, each item read like the default's items.
+        toml::Value::Array(items) => {
+            let item_schema = items
+                .first()
+                .cloned()
+                .unwrap_or(toml::Value::String(String::new()));
             raw.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
-        )),
+                .map(|item| coerce(&item_schema, item))
+                .collect::<Result<Vec<_>, _>>()
+                .map(toml::Value::Array)
+        }
         toml::Value::Table(_) => {
             Err("names a group of settings, not one setting; use `__` to reach its fields".into())
         }

@@ -17,6 +17,9 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
+    for name in &settings.ignored_env {
+        tracing::warn!(variable = %name, "ignoring an AIRCALL_INGEST_ variable that is not a setting");
+    }
     let cancel = shutdown::on_signals();
     match app::run(cli.command, settings, cancel).await {
         Ok(code) => code,

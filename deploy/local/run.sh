@@ -28,10 +28,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+: >.local/simulator.out
 "$bin" simulate --listen "$SIM_ADDR" --webhook-delay-secs 5 >.local/simulator.out 2>.local/simulator.log &
-pids+=($!)
-for _ in $(seq 1 50); do
-  grep -q "serving" .local/simulator.out 2>/dev/null && break
+sim_pid=$!
+pids+=("$sim_pid")
+until grep -q "serving" .local/simulator.out 2>/dev/null; do
+  if ! kill -0 "$sim_pid" 2>/dev/null; then
+    echo "[demo] the simulator did not start; .local/simulator.log says:" >&2
+    tail -n 20 .local/simulator.log >&2
+    exit 1
+  fi
   sleep 0.2
 done
 echo "[demo] simulated Aircall:"

@@ -34,20 +34,21 @@ as_root() {
 }
 
 apt_updated=0
-install_packages() {
-  say "installing $*"
+# install_package redis|rabbitmq: the package's name differs between package managers.
+install_package() {
+  say "installing $1"
   if command -v apt-get >/dev/null 2>&1; then
     if [ "$apt_updated" -eq 0 ]; then
       as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
       apt_updated=1
     fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1-server"
   elif command -v dnf >/dev/null 2>&1; then
-    as_root dnf install -y "$@"
+    case "$1" in redis) as_root dnf install -y redis ;; rabbitmq) as_root dnf install -y rabbitmq-server ;; esac
   elif command -v brew >/dev/null 2>&1; then
-    brew install "$@"
+    brew install "$1"
   else
-    say "no known package manager: install $* yourself"
+    say "no known package manager: install $1 yourself"
     return 1
   fi
 }
@@ -57,7 +58,7 @@ ensure_redis() {
     say "Redis: already running"
     return
   fi
-  command -v redis-server >/dev/null 2>&1 || install_packages redis-server
+  command -v redis-server >/dev/null 2>&1 || install_package redis
   # A package install may have started it already.
   if ! port_open "$REDIS_PORT"; then
     say "Redis: starting"
@@ -72,7 +73,7 @@ ensure_rabbitmq() {
     say "RabbitMQ: already running"
     return
   fi
-  command -v rabbitmq-server >/dev/null 2>&1 || install_packages rabbitmq-server
+  command -v rabbitmq-server >/dev/null 2>&1 || install_package rabbitmq
   if ! port_open "$AMQP_PORT"; then
     say "RabbitMQ: starting"
     as_root rabbitmq-server -detached >/dev/null 2>&1 || true

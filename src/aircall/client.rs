@@ -22,7 +22,7 @@ use super::models::{
     Call, CallEnvelope, CallId, CallList, User, UserList, Webhook, WebhookEnvelope, WebhookList,
     WebhookSpec,
 };
-use super::ratelimit::{CompanyBudget, RateLimiter};
+use super::ratelimit::{CompanyBudget, Observed, RateLimiter};
 use crate::config::AircallSettings;
 
 /// Aircall refuses any request whose `page × per_page` exceeds this.
@@ -31,6 +31,9 @@ pub const RESULT_CAP: u64 = 10_000;
 pub const PER_PAGE: u64 = 50;
 /// The last page that can be asked for with [`PER_PAGE`].
 pub const LAST_LEGAL_PAGE: u64 = RESULT_CAP / PER_PAGE;
+/// The shortest wait after a 429, whatever the headers say (`Retry-After: 0` included): Aircall
+/// counts per minute, so retrying at once would only earn another 429.
+const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// An Aircall API key: the API ID (a user name) and the API token (a password).
 #[derive(Clone)]
@@ -84,11 +87,18 @@ impl Aircall {
         })
     }
 
-    /// A client for one company's credentials. Its waits and retries end when `cancel` fires.
-    pub fn client(&self, credentials: Credentials, cancel: CancellationToken) -> AircallClient {
+    /// A client for one company's credentials, drawing on the rate-limit budget named
+    /// `budget_key` (the connection id: it outlives credential rotations). Its waits and
+    /// retries end when `cancel` fires.
+    pub fn client(
+        &self,
+        credentials: Credentials,
+        budget_key: &str,
+        cancel: CancellationToken,
+    ) -> AircallClient {
         AircallClient {
             shared: self.clone(),
-            budget: self.limiter.budget(&credentials.api_id),
+            budget: self.limiter.budget(budget_key),
             credentials,
             cancel,
             stats: Arc::new(ClientStats::default()),
@@ -196,15 +206,22 @@ impl AircallClient {
         Ok(calls)
     }
 
-    /// One page of `GET /v1/calls`, oldest first, contacts included.
-    pub async fn list_calls_page(
+    /// One page of `GET /v1/calls`, oldest first, contacts included. Refuses (without sending)
+    /// a page past Aircall's cap.
+    async fn list_calls_page(
         &self,
         from: i64,
         to: i64,
         page: u64,
         per_page: u64,
     ) -> Result<CallList, AircallError> {
-        debug_assert!(page * per_page <= RESULT_CAP, "request past Aircall's cap");
+        if page.saturating_mul(per_page) > RESULT_CAP {
+            return Err(AircallError::ListingTooDense {
+                from,
+                to,
+                total: page * per_page,
+            });
+        }
         self.get_json(Request {
             endpoint: "list_calls",
             method: Method::GET,
@@ -337,9 +354,15 @@ impl AircallClient {
     async fn get_json<T: DeserializeOwned>(&self, request: Request<'_>) -> Result<T, AircallError> {
         let endpoint = request.endpoint;
         let body = self.send(request).await?;
+        // The reason names the place, never the content: bodies may hold tokens.
         serde_json::from_slice(&body).map_err(|e| AircallError::Malformed {
             endpoint,
-            reason: e.to_string(),
+            reason: format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
         })
     }
 
@@ -387,7 +410,13 @@ impl AircallClient {
                         Ok(()) => return Ok(body),
                         Err(Failure::RateLimited) => {
                             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            let wait = rate.retry_wait().min(settings.max_rate_limit_wait());
+                            let wait = rate
+                                .announced_wait()
+                                .unwrap_or_else(|| backoff(settings, attempt))
+                                .clamp(
+                                    MIN_RATE_LIMIT_WAIT,
+                                    settings.max_rate_limit_wait().max(MIN_RATE_LIMIT_WAIT),
+                                );
                             // Everyone using this company's budget waits, not only this request.
                             self.budget.block_for(wait).await?;
                             if attempt >= max_attempts {
@@ -442,24 +471,22 @@ impl AircallClient {
         Ok((status, headers, body))
     }
 
-    /// Adopts Aircall's announced limit, and blocks the budget when Aircall says none is left.
+    /// Adjusts the shared budget to what Aircall's headers say: its limit, what remains (others
+    /// may spend the company's budget too), and a hold until the reset when nothing remains.
     /// A failure here is logged, not returned: the answer itself was fine.
     async fn follow_rate_headers(&self, rate: &RateHeaders) {
-        if let Some(limit) = rate.limit
-            && let Err(e) = self.budget.set_limit(limit).await
-        {
-            warn!(error = %e, "cannot record Aircall's rate limit");
-        }
-        if rate.remaining == Some(0)
-            && let Some(wait) = rate.reset_wait
-        {
-            debug!(
-                wait_ms = wait.as_millis() as u64,
-                "Aircall budget spent; holding requests until its reset"
-            );
-            if let Err(e) = self.budget.block_for(wait).await {
-                warn!(error = %e, "cannot record Aircall's rate-limit reset");
-            }
+        let max_wait = self.shared.settings.max_rate_limit_wait();
+        let block = match rate.remaining {
+            Some(0) => rate.reset_wait.map(|wait| wait.min(max_wait)),
+            _ => None,
+        };
+        let seen = Observed {
+            limit: rate.limit,
+            remaining: rate.remaining,
+            block,
+        };
+        if let Err(e) = self.budget.observe(&seen).await {
+            warn!(error = %e, "cannot record Aircall's rate-limit headers");
         }
     }
 }
@@ -547,8 +574,6 @@ pub struct RateHeaders {
     pub reset_wait: Option<Duration>,
     /// `Retry-After` (seconds or an HTTP date).
     pub retry_after: Option<Duration>,
-    /// What to wait when the headers say nothing usable: one rate-limit window.
-    pub fallback_wait: Duration,
 }
 
 impl RateHeaders {
@@ -567,15 +592,12 @@ impl RateHeaders {
             reset_wait: text("x-aircallapi-reset")
                 .and_then(|v| wait_until_reset(v, now_ms, window)),
             retry_after: text("retry-after").and_then(|v| parse_retry_after(v, now_ms)),
-            fallback_wait: window,
         }
     }
 
-    /// How long to wait after a 429: `Retry-After`, else the reset time, else one window.
-    pub fn retry_wait(&self) -> Duration {
-        self.retry_after
-            .or(self.reset_wait)
-            .unwrap_or(self.fallback_wait)
+    /// How long Aircall asked us to wait: `Retry-After`, else until the reset.
+    pub fn announced_wait(&self) -> Option<Duration> {
+        self.retry_after.or(self.reset_wait)
     }
 }
 
@@ -671,22 +693,25 @@ impl CallPager<'_> {
                     });
                 }
             }
-            let more = list.meta.next_page_link.is_some() && !list.calls.is_empty();
-            if more {
-                if cursor.page >= LAST_LEGAL_PAGE {
-                    // The range grew past the cap while we paged it: refuse rather than truncate.
-                    return Err(AircallError::ListingTooDense {
-                        from: cursor.from,
-                        to: cursor.to,
-                        total,
-                    });
+            match list
+                .meta
+                .next_page_link
+                .as_deref()
+                .filter(|_| !list.calls.is_empty())
+            {
+                Some(link) => {
+                    let page = next_page_number(link, cursor.page);
+                    if page > LAST_LEGAL_PAGE {
+                        // The range grew past the cap while we paged it: refuse, never truncate.
+                        return Err(AircallError::ListingTooDense {
+                            from: cursor.from,
+                            to: cursor.to,
+                            total,
+                        });
+                    }
+                    self.current = Some(Cursor { page, ..cursor });
                 }
-                self.current = Some(Cursor {
-                    page: cursor.page + 1,
-                    ..cursor
-                });
-            } else {
-                self.listed_through = cursor.to;
+                None => self.listed_through = cursor.to,
             }
             return Ok(Some(list.calls));
         }
@@ -697,6 +722,20 @@ impl CallPager<'_> {
     pub fn listed_through(&self) -> i64 {
         self.listed_through
     }
+}
+
+/// The page `next_page_link` points to. Only its page number is taken from it: the request
+/// itself is always built from our own base URL, so a link can never send credentials elsewhere.
+fn next_page_number(link: &str, current: u64) -> u64 {
+    Url::parse(link)
+        .ok()
+        .and_then(|url| {
+            url.query_pairs()
+                .find(|(k, _)| k == "page")
+                .and_then(|(_, v)| v.parse().ok())
+        })
+        .filter(|page| *page > current)
+        .unwrap_or(current + 1)
 }
 
 #[cfg(test)]
@@ -731,12 +770,26 @@ mod tests {
         headers.insert("retry-after", "7".parse().unwrap());
         headers.insert("x-aircallapi-reset", "1764000030".parse().unwrap());
         let rate = RateHeaders::parse(&headers, 1_764_000_000_000, WINDOW);
-        assert_eq!(rate.retry_wait(), Duration::from_secs(7));
+        assert_eq!(rate.announced_wait(), Some(Duration::from_secs(7)));
         headers.remove("retry-after");
         let rate = RateHeaders::parse(&headers, 1_764_000_000_000, WINDOW);
-        assert_eq!(rate.retry_wait(), Duration::from_secs(30));
+        assert_eq!(rate.announced_wait(), Some(Duration::from_secs(30)));
         let rate = RateHeaders::parse(&HeaderMap::new(), 1_764_000_000_000, WINDOW);
-        assert_eq!(rate.retry_wait(), WINDOW);
+        assert_eq!(rate.announced_wait(), None);
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_but_never_goes_backwards() {
+        assert_eq!(
+            next_page_number("https://api.aircall.io/v1/calls?page=3&per_page=50", 2),
+            3
+        );
+        assert_eq!(
+            next_page_number("https://api.aircall.io/v1/calls?page=1", 2),
+            3
+        );
+        assert_eq!(next_page_number("/v1/calls?page=3", 2), 3);
+        assert_eq!(next_page_number("garbage", 7), 8);
     }
 
     #[test]

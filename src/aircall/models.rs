@@ -29,9 +29,25 @@ impl fmt::Display for CallId {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {
     pub id: CallId,
-    #[serde(default, alias = "call_uuid", skip_serializing_if = "Option::is_none")]
+    /// REST spelling of the call's unique string id; see [`Call::uuid`].
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Webhook spelling of the same id. Both may come; neither is required.
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub call_uuid: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub direct_link: Option<String>,
     #[serde(
         default,
@@ -45,7 +61,11 @@ pub struct Call {
         skip_serializing_if = "Option::is_none"
     )]
     pub status: Option<CallStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub missed_call_reason: Option<String>,
     /// Unix seconds, UTC.
     #[serde(
@@ -74,19 +94,43 @@ pub struct Call {
     )]
     pub duration: Option<i64>,
     /// The other party's number, international format, or `anonymous`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub raw_digits: Option<String>,
     /// Signed MP3 URL; expires. Absent when the call has no recording (yet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub recording: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub recording_short_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub voicemail: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub voicemail_short_url: Option<String>,
     /// A page behind Aircall's login; never a download source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub asset: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived: Option<bool>,
@@ -120,21 +164,43 @@ pub struct Call {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub tags: Vec<Value>,
+    /// REST spelling; see [`Call::participants`].
     #[serde(
         default,
-        alias = "participants",
         deserialize_with = "null_as_empty",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub conference_participants: Vec<Value>,
+    /// Webhook spelling of the same list.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub participants: Vec<Value>,
 }
 
 impl Call {
+    /// The call's unique string id, whichever spelling carried it.
+    pub fn uuid(&self) -> Option<&str> {
+        self.sid.as_deref().or(self.call_uuid.as_deref())
+    }
+
+    /// Conference participants, whichever spelling carried them.
+    pub fn participants(&self) -> &[Value] {
+        if self.conference_participants.is_empty() {
+            &self.participants
+        } else {
+            &self.conference_participants
+        }
+    }
+
     /// A call with only its id, every other field absent.
     pub fn bare(id: CallId) -> Self {
         Self {
             id,
             sid: None,
+            call_uuid: None,
             direct_link: None,
             direction: None,
             status: None,
@@ -160,6 +226,7 @@ impl Call {
             comments: Vec::new(),
             tags: Vec::new(),
             conference_participants: Vec::new(),
+            participants: Vec::new(),
         }
     }
 }
@@ -194,25 +261,57 @@ pub struct User {
         skip_serializing_if = "Option::is_none"
     )]
     pub id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub direct_link: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub availability_status: Option<String>,
     /// Webhooks only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub substatus: Option<String>,
     /// ISO 8601 text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub time_zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub language: Option<String>,
 }
 
@@ -225,21 +324,49 @@ pub struct Number {
         skip_serializing_if = "Option::is_none"
     )]
     pub id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub direct_link: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name: Option<String>,
     /// Display format, e.g. `+33 1 76 11 11 11`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub digits: Option<String>,
     /// Webhooks only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub e164_digits: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub country: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub time_zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created_at: Option<String>,
 }
 
@@ -252,13 +379,29 @@ pub struct Contact {
         skip_serializing_if = "Option::is_none"
     )]
     pub id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub first_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub company_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub information: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_shared: Option<bool>,
@@ -285,26 +428,34 @@ pub struct ContactDetail {
         skip_serializing_if = "Option::is_none"
     )]
     pub id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub label: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<String>,
 }
 
 /// Paging metadata of list responses.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Meta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_count")]
     pub count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_count")]
     pub total: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_count")]
     pub current_page: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_count")]
     pub per_page: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub next_page_link: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub previous_page_link: Option<String>,
 }
 
@@ -313,7 +464,7 @@ pub struct Meta {
 pub struct CallList {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub calls: Vec<Call>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
 }
 
@@ -328,7 +479,7 @@ pub struct CallEnvelope {
 pub struct UserList {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub users: Vec<User>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
 }
 
@@ -363,26 +514,25 @@ pub struct WebhookEnvelope {
 pub struct WebhookList {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub webhooks: Vec<Webhook>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
 }
 
-/// What to register or change on a webhook. `events: None` is sent as an explicit list anyway
-/// by callers that care: Aircall subscribes a webhook without `events` to **every** event.
+/// What to register, or to change on a webhook. `events` is always sent: Aircall subscribes a
+/// webhook created **or updated** without `events` to every event it has.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WebhookSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub custom_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub events: Option<Vec<String>>,
+    pub events: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
 }
 
-/// The body of every webhook delivery.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The body of every webhook delivery. Its `Debug` leaves the token out.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct WebhookEvent<T> {
     pub resource: String,
     pub event: String,
@@ -390,6 +540,17 @@ pub struct WebhookEvent<T> {
     pub timestamp: Option<i64>,
     pub token: String,
     pub data: T,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for WebhookEvent<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEvent")
+            .field("resource", &self.resource)
+            .field("event", &self.event)
+            .field("timestamp", &self.timestamp)
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every event Aircall can send; a webhook registered without `events` receives all of them.
@@ -433,6 +594,34 @@ pub const ALL_EVENTS: &[&str] = &[
 
 /// The events this service handles, and the only ones it subscribes to.
 pub const HANDLED_EVENTS: &[&str] = &["call.ended", "call.comm_assets_generated"];
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Text as text; a number or a boolean as its text (a phone number sent as a number); anything
+/// else (an object, a list) as absent rather than failing the whole call.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+/// A paging count: a number, a numeric string, or null (read as 0).
+fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        Value::String(s) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    })
+}
 
 fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
@@ -497,10 +686,63 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(call.id, CallId(9_000_000_000));
-        assert_eq!(call.sid.as_deref(), Some("CA1"));
-        assert_eq!(call.conference_participants.len(), 1);
+        assert_eq!(call.uuid(), Some("CA1"));
+        assert_eq!(call.participants().len(), 1);
         assert_eq!(call.started_at, Some(1_735_732_800));
         assert_eq!(call.duration, Some(12));
+    }
+
+    #[test]
+    fn both_spellings_at_once_and_odd_types_still_parse() {
+        let call: Call = serde_json::from_value(serde_json::json!({
+            "id": 1, "sid": "CA1", "call_uuid": "CA1", "participants": [], "conference_participants": [{}],
+            "raw_digits": 33612345678_u64, "user": {"email": null, "name": ["odd"]}, "number": null,
+            "recording": null, "direction": 3, "status": "future_status", "tags": null
+        }))
+        .unwrap();
+        assert_eq!(call.uuid(), Some("CA1"));
+        assert_eq!(call.raw_digits.as_deref(), Some("33612345678"));
+        assert_eq!(call.user.as_ref().unwrap().name, None);
+        assert_eq!(call.direction, None);
+        assert_eq!(call.status, Some(CallStatus::Other));
+        let list: CallList = serde_json::from_str(r#"{"calls":null,"meta":null}"#).unwrap();
+        assert_eq!(list.meta.total, 0);
+        let list: CallList =
+            serde_json::from_str(r#"{"calls":[],"meta":{"total":null,"next_page_link":null}}"#)
+                .unwrap();
+        assert!(list.meta.next_page_link.is_none());
+    }
+
+    #[test]
+    fn the_documented_example_body_parses() {
+        let body = r#"{"resource":"call","event":"call.ended","timestamp":1735733055,"token":"df76g76dpziygs567f0",
+ "data":{"id":812,"call_uuid":"CA1234567890abcdef1234567890abcdef",
+  "direct_link":"https://api.aircall.io/v1/calls/812","direction":"inbound","status":"done",
+  "missed_call_reason":null,"started_at":1735732800,"answered_at":1735732809,"ended_at":1735733025,
+  "duration":225,"raw_digits":"+33 6 12 34 56 78",
+  "recording":"https://signed-storage-host/calls/812/recording.mp3?X-Amz-Expires=600&a=b",
+  "voicemail":null,"asset":"https://assets.aircall.io/calls/812/recording","archived":false,
+  "number":{"id":1234,"direct_link":"https://api.aircall.io/v1/numbers/1234","name":"Support FR",
+            "digits":"+33 1 76 11 11 11","country":"FR","time_zone":"Europe/Paris"},
+  "user":{"id":456,"direct_link":"https://api.aircall.io/v1/users/456","name":"John Doe",
+          "email":"john.doe@example.com","available":true,"availability_status":"available","substatus":"always_open"},
+  "contact":null,"assigned_to":null,"teams":[],"transferred_by":null,"transferred_to":null,
+  "comments":[],"tags":[],"participants":[]}}"#;
+        let event: WebhookEvent<Call> = serde_json::from_str(body).unwrap();
+        assert_eq!(event.data.id, CallId(812));
+        assert_eq!(
+            event.data.user.as_ref().and_then(|u| u.email.as_deref()),
+            Some("john.doe@example.com")
+        );
+        assert_eq!(
+            event.data.number.as_ref().and_then(|n| n.digits.as_deref()),
+            Some("+33 1 76 11 11 11")
+        );
+        assert_eq!(event.data.duration, Some(225));
+        assert!(
+            !format!("{event:?}").contains("df76g76dpziygs567f0"),
+            "the token stays out of Debug"
+        );
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! This module never sends a request to Aircall; it only says when one may be sent.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -53,18 +52,45 @@ local gate = redis.call('ZRANGE', KEYS[1], spent - limit, spent - limit, 'WITHSC
 return math.max(1, tonumber(gate[2]) + window - now)
 ";
 
-/// Blocks the budget for ARGV[1] ms from now (never shortening an existing block).
-/// KEYS[1]: the control hash. ARGV: wait ms, control TTL ms.
-const BLOCK_LUA: &str = r"
+/// Adjusts the budget to what an Aircall answer said. KEYS[1]: the log; KEYS[2]: the control
+/// hash. ARGV: default limit, window ms, announced limit (0: none), remaining (-1: none), block
+/// ms (0: none), a unique member prefix, control TTL ms.
+/// - an announced limit replaces the configured one;
+/// - a `remaining` lower than the log's view means other integrations of the company spent the
+///   difference: that many entries are added to the log, so our processes slow down too;
+/// - a block holds every request of the company until it ends (never shortened).
+const OBSERVE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local untill = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0
-if untill > current then
-  redis.call('HSET', KEYS[1], 'blocked_until', untill)
+local window = tonumber(ARGV[2])
+local announced = tonumber(ARGV[3])
+if announced > 0 then
+  redis.call('HSET', KEYS[2], 'limit', announced)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return untill
+local limit = tonumber(redis.call('HGET', KEYS[2], 'limit')) or tonumber(ARGV[1])
+local remaining = tonumber(ARGV[4])
+if remaining >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  local unseen = (limit - redis.call('ZCARD', KEYS[1])) - remaining
+  if unseen > 0 then
+    for i = 1, math.min(unseen, limit) do
+      redis.call('ZADD', KEYS[1], now, ARGV[6] .. ':' .. i)
+    end
+    redis.call('PEXPIRE', KEYS[1], window)
+  end
+end
+local block = tonumber(ARGV[5])
+if block > 0 then
+  local untill = now + block
+  local current = tonumber(redis.call('HGET', KEYS[2], 'blocked_until')) or 0
+  if untill > current then
+    redis.call('HSET', KEYS[2], 'blocked_until', untill)
+  end
+end
+if announced > 0 or block > 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+return 0
 ";
 
 /// Settings of every budget.
@@ -84,7 +110,7 @@ pub struct RateLimiter {
     key_prefix: String,
     settings: RateLimitSettings,
     acquire: Arc<redis::Script>,
-    block: Arc<redis::Script>,
+    observe: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -112,12 +138,12 @@ impl RateLimiter {
             key_prefix: key_prefix.to_string(),
             settings,
             acquire: Arc::new(redis::Script::new(ACQUIRE_LUA)),
-            block: Arc::new(redis::Script::new(BLOCK_LUA)),
+            observe: Arc::new(redis::Script::new(OBSERVE_LUA)),
         }
     }
 
-    /// The budget of one company. `company` is any stable identifier of the Aircall company
-    /// (the service uses the API ID, which Aircall issues per company).
+    /// The budget of one company. `company` is a stable identifier of the Aircall company: the
+    /// service uses the connection id, which outlives credential rotations.
     pub fn budget(&self, company: &str) -> CompanyBudget {
         // The braces are a Redis Cluster hash tag: both keys land on one slot for the script.
         let base = format!("{}:ratelimit:{{{company}}}", self.key_prefix);
@@ -125,7 +151,6 @@ impl RateLimiter {
             limiter: self.clone(),
             log_key: format!("{base}:log"),
             control_key: format!("{base}:control"),
-            known_limit: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -136,8 +161,6 @@ pub struct CompanyBudget {
     limiter: RateLimiter,
     log_key: String,
     control_key: String,
-    /// The limit this handle last wrote (0: none yet), so unchanged headers cost no Redis write.
-    known_limit: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for CompanyBudget {
@@ -180,35 +203,48 @@ impl CompanyBudget {
 
     /// Holds every request of this company, in every process, for `wait` from now.
     pub async fn block_for(&self, wait: Duration) -> Result<(), BudgetError> {
+        self.observe(&Observed {
+            block: Some(wait),
+            ..Observed::default()
+        })
+        .await
+    }
+
+    /// Adjusts the budget to an answer's rate-limit headers; see [`Observed`].
+    pub async fn observe(&self, seen: &Observed) -> Result<(), BudgetError> {
+        if seen.limit.is_none() && seen.remaining.is_none() && seen.block.is_none() {
+            return Ok(());
+        }
+        let settings = &self.limiter.settings;
+        let window_ms = (settings.window + settings.margin).as_millis() as u64;
+        let remaining = seen.remaining.map_or(-1, i64::from);
         let _: i64 = self
             .limiter
-            .block
+            .observe
+            .key(&self.log_key)
             .key(&self.control_key)
-            .arg(wait.as_millis() as u64)
+            .arg(settings.default_limit)
+            .arg(window_ms)
+            .arg(seen.limit.map_or(0, |l| l.clamp(MIN_LIMIT, MAX_LIMIT)))
+            .arg(remaining)
+            .arg(seen.block.map_or(0, |b| b.as_millis().max(1) as u64))
+            .arg(format!("aircall:{:016x}", fastrand::u64(..)))
             .arg(CONTROL_TTL_MS)
             .invoke_async(&mut self.limiter.redis.clone())
             .await
             .map_err(BudgetError::Redis)?;
         Ok(())
     }
+}
 
-    /// Adopts the limit Aircall announced in `X-AircallApi-Limit`.
-    pub async fn set_limit(&self, limit: u32) -> Result<(), BudgetError> {
-        let limit = limit.clamp(MIN_LIMIT, MAX_LIMIT);
-        if self.known_limit.load(Ordering::Relaxed) == limit {
-            return Ok(());
-        }
-        let mut redis = self.limiter.redis.clone();
-        redis::pipe()
-            .atomic()
-            .hset(&self.control_key, "limit", limit)
-            .ignore()
-            .pexpire(&self.control_key, CONTROL_TTL_MS as i64)
-            .ignore()
-            .query_async::<()>(&mut redis)
-            .await
-            .map_err(BudgetError::Redis)?;
-        self.known_limit.store(limit, Ordering::Relaxed);
-        Ok(())
-    }
+/// What an Aircall answer said about the budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `X-AircallApi-Limit`: becomes the company's limit.
+    pub limit: Option<u32>,
+    /// `X-AircallApi-Remaining`: when lower than the budget's own view, the difference was spent
+    /// by someone else and is counted as spent.
+    pub remaining: Option<u32>,
+    /// Hold every request of the company this long (after a 429, or when nothing remains).
+    pub block: Option<Duration>,
 }

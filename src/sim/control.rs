@@ -28,6 +28,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/companies/{id}/calls", web::get().to(calls))
             .route("/companies/{id}/calls", web::post().to(add_call))
             .route("/companies/{id}/faults", web::put().to(company_faults))
+            .route("/companies/{id}/events", web::post().to(emit_event))
             .route("/companies/{id}/stats", web::get().to(stats))
             .route("/companies/{id}/webhooks", web::get().to(webhooks))
             .route(
@@ -122,6 +123,26 @@ async fn deactivate(state: web::Data<SimState>, path: web::Path<(u64, String)>) 
         HttpResponse::NoContent().finish()
     } else {
         missing("webhook")
+    }
+}
+
+#[derive(Deserialize)]
+struct EventSpec {
+    event: String,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+async fn emit_event(
+    state: web::Data<SimState>,
+    id: web::Path<u64>,
+    spec: web::Json<EventSpec>,
+) -> HttpResponse {
+    let EventSpec { event, data } = spec.into_inner();
+    if state.emit_event(*id, &event, data) {
+        HttpResponse::Accepted().finish()
+    } else {
+        missing("company")
     }
 }
 

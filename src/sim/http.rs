@@ -98,13 +98,15 @@ fn list_query(req: &HttpRequest, path: &'static str) -> Result<ListQuery, Refusa
             .transpose()
     };
     let flag = |name: &str| q.get(name).is_some_and(|v| v == "true");
+    let requested_per_page = int("per_page")?.unwrap_or(20).max(1) as u64;
     Ok(ListQuery {
         path,
         from: int("from")?,
         to: int("to")?,
         page: int("page")?.unwrap_or(1).max(1) as u64,
+        requested_per_page,
         // Aircall serves 20 by default and never more than 50.
-        per_page: int("per_page")?.unwrap_or(20).clamp(1, 50) as u64,
+        per_page: requested_per_page.min(50),
         descending: q.get("order").is_some_and(|o| o == "desc"),
         fetch_contact: flag("fetch_contact"),
         short_urls: flag("fetch_short_urls"),
@@ -242,6 +244,15 @@ fn audio(
     (company, file): (u64, String),
     kind: AudioKind,
 ) -> HttpResponse {
+    // S3 refuses a presigned URL that also carries credentials: a client must never send them.
+    if req.headers().contains_key(AUTHORIZATION) {
+        return s3_error(
+            400,
+            "InvalidArgument",
+            "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, \
+             Signature query string parameter or the Authorization header should be specified",
+        );
+    }
     let Some(call) = file
         .strip_suffix(".mp3")
         .and_then(|id| id.parse::<u64>().ok())

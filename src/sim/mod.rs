@@ -44,8 +44,11 @@ pub use state::{CAP_MESSAGE, SimState};
 pub struct SimSettings {
     /// Seeds the URL-signing key and, through each company's spec, its data.
     pub seed: u64,
-    /// Address used in links and recording URLs; default `http://{bound address}/`.
+    /// Address used in API links; default `http://{bound address}/`.
     pub public_url: Option<Url>,
+    /// Address recording URLs point to (Aircall serves them from its storage, not the API
+    /// host); default: the API's address. Must reach this simulator.
+    pub recording_url: Option<Url>,
     /// Lifetime of signed recording and voicemail URLs (about an hour at Aircall today).
     pub recording_url_ttl: Duration,
     /// Lifetime of `recording_short_url` (`fetch_short_urls=true`).
@@ -67,6 +70,8 @@ pub struct SimSettings {
     pub rate_window: Duration,
     /// Write `X-AircallApi-Reset` in milliseconds instead of seconds (some clients saw that).
     pub reset_in_millis: bool,
+    /// Add `Retry-After` (seconds to the reset) to 429s; Aircall does not document it.
+    pub send_retry_after: bool,
     /// Recording size per second of talk (16,000 B/s is a 128 kbit/s MP3).
     pub bytes_per_second: u64,
     /// Faults of every company without its own.
@@ -80,6 +85,7 @@ impl Default for SimSettings {
         Self {
             seed: 1,
             public_url: None,
+            recording_url: None,
             recording_url_ttl: Duration::from_secs(3600),
             short_url_ttl: Duration::from_secs(3 * 3600),
             webhook_delay: Duration::from_secs(30),
@@ -91,6 +97,7 @@ impl Default for SimSettings {
             rate_limit: 60,
             rate_window: Duration::from_secs(60),
             reset_in_millis: false,
+            send_retry_after: false,
             bytes_per_second: 16_000,
             faults: Faults::default(),
             workers: 2,

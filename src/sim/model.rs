@@ -23,6 +23,11 @@ pub struct Faults {
     pub truncate_recording_share: f64,
     /// Webhook deliveries silently never sent.
     pub drop_webhook_share: f64,
+    /// Webhook deliveries sent twice (Aircall delivers at least once).
+    pub duplicate_webhook_share: f64,
+    /// Up to this much extra delay per delivery, in milliseconds, so deliveries arrive out of
+    /// order (Aircall does not order them).
+    pub webhook_jitter_ms: u64,
 }
 
 /// The kinds of calls a generated scenario produces. Shares are of all calls unless noted.
@@ -314,6 +319,9 @@ impl SimCall {
 
 pub(crate) struct SimWebhook {
     pub id: String,
+    /// Set to inactive through the API by its owner: nothing is delivered, retries included.
+    /// (Aircall's own deactivation after failures leaves this false and keeps retrying.)
+    pub disabled_by_owner: bool,
     pub custom_name: String,
     pub url: String,
     pub events: Vec<String>,

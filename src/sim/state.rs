@@ -78,7 +78,6 @@ enum Task {
 struct Delivery {
     company: u64,
     webhook_id: String,
-    url: String,
     body: Arc<Vec<u8>>,
     event: String,
     attempt: u32,
@@ -268,8 +267,10 @@ impl SimState {
             self.schedule(ready_at * 1000, Task::RecordingReady { company: id, call });
         }
         if spec.live_calls_per_minute > 0.0 {
-            let at = self.clock.now_ms()
-                + next_arrival_ms(&mut fastrand::Rng::new(), spec.live_calls_per_minute);
+            let mut data = lock(&company.data);
+            let at =
+                self.clock.now_ms() + next_arrival_ms(&mut data.rng, spec.live_calls_per_minute);
+            drop(data);
             self.schedule(
                 at,
                 Task::LiveCall {
@@ -538,13 +539,18 @@ impl SimState {
             _ => limit.saturating_sub(data.window_count),
         };
         drop(data);
+        let mut headers = vec![
+            ("X-AircallApi-Limit", limit.to_string()),
+            ("X-AircallApi-Remaining", remaining.to_string()),
+            ("X-AircallApi-Reset", reset),
+        ];
+        if self.settings.send_retry_after && matches!(refusal_of, Some((429, _))) {
+            let seconds = (reset_ms - now_ms).max(0).div_euclid(1000) + 1;
+            headers.push(("Retry-After", seconds.to_string()));
+        }
         Admission {
             company,
-            headers: vec![
-                ("X-AircallApi-Limit", limit.to_string()),
-                ("X-AircallApi-Remaining", remaining.to_string()),
-                ("X-AircallApi-Reset", reset),
-            ],
+            headers,
             latency: Duration::from_millis(faults.latency_ms),
             refusal: refusal_of,
         }
@@ -562,7 +568,7 @@ impl SimState {
 
     /// `GET /v1/calls`.
     pub(crate) fn list_calls(&self, company: &Company, q: &ListQuery) -> Result<Value, Refusal> {
-        if q.page.saturating_mul(q.per_page) > 10_000 {
+        if q.page.saturating_mul(q.requested_per_page) > 10_000 {
             return Err(refusal(400, CAP_MESSAGE));
         }
         let now_s = self.clock.now_s();
@@ -617,6 +623,15 @@ impl SimState {
         }
     }
 
+    /// Where recordings are served from: their own address when configured (Aircall serves them
+    /// from its storage, another host than the API).
+    fn recording_base(&self) -> String {
+        match &self.settings.recording_url {
+            Some(url) => url.to_string(),
+            None => self.base_url().to_string(),
+        }
+    }
+
     fn audio_link(
         &self,
         company: &Company,
@@ -629,12 +644,13 @@ impl SimState {
         let query = self
             .signer
             .query(company.id, call.id, kind, now_s, ttl.as_secs() as i64);
-        Some(self.link(&format!(
-            "{}/{}/{}.mp3?{query}",
+        Some(format!(
+            "{}{}/{}/{}.mp3?{query}",
+            self.recording_base(),
             kind.path_segment(),
             company.id,
             call.id
-        )))
+        ))
     }
 
     fn user_json(&self, user: &SimUser, webhook: bool) -> Value {
@@ -760,7 +776,7 @@ impl SimState {
 
     /// `GET /v1/users`.
     pub(crate) fn list_users(&self, company: &Company, q: &ListQuery) -> Result<Value, Refusal> {
-        if q.page.saturating_mul(q.per_page) > 10_000 {
+        if q.page.saturating_mul(q.requested_per_page) > 10_000 {
             return Err(refusal(400, CAP_MESSAGE));
         }
         let data = lock(&company.data);
@@ -818,6 +834,7 @@ impl SimState {
             url,
             events,
             active: true,
+            disabled_by_owner: false,
             token: hex::encode(token_bytes),
             created_at: self.clock.now_s(),
             delivered: 0,
@@ -882,6 +899,7 @@ impl SimState {
         }
         if let Some(active) = body.get("active").and_then(Value::as_bool) {
             w.active = active;
+            w.disabled_by_owner = !active;
             if active {
                 w.consecutive_failures = 0;
             }
@@ -1096,6 +1114,20 @@ impl SimState {
         }
         let Some(c) = data.call(call) else { return };
         let payload = self.webhook_json(company, data, c);
+        self.emit_payload(company.id, data, "call", event, &payload, delay);
+    }
+
+    /// Queues one event for every active webhook subscribed to it, applying the delivery
+    /// faults: dropped, duplicated, delayed out of order.
+    fn emit_payload(
+        &self,
+        company: u64,
+        data: &mut CompanyData,
+        resource: &str,
+        event: &str,
+        payload: &Value,
+        delay: Duration,
+    ) {
         let now_ms = self.clock.now_ms();
         let defaults = self
             .default_faults
@@ -1111,38 +1143,84 @@ impl SimState {
         {
             if rng.f64() < faults.drop_webhook_share {
                 w.dropped += 1;
-                debug!(event, call, "simulator drops a webhook delivery");
+                debug!(event, "simulator drops a webhook delivery");
                 continue;
             }
             let body = json!({
-                "resource": "call",
+                "resource": resource,
                 "event": event,
                 "timestamp": now_ms / 1000,
                 "token": w.token,
                 "data": payload,
             });
-            deliveries.push(Delivery {
-                company: company.id,
-                webhook_id: w.id.clone(),
-                url: w.url.clone(),
-                body: Arc::new(serde_json::to_vec(&body).unwrap_or_default()),
-                event: event.to_string(),
-                attempt: 1,
-                first_at_ms: now_ms,
-            });
+            let body = Arc::new(serde_json::to_vec(&body).unwrap_or_default());
+            let copies = if rng.f64() < faults.duplicate_webhook_share {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let jitter = if faults.webhook_jitter_ms > 0 {
+                    rng.u64(0..=faults.webhook_jitter_ms)
+                } else {
+                    0
+                };
+                let at = now_ms + delay.as_millis() as i64 + jitter as i64;
+                deliveries.push((
+                    at,
+                    Delivery {
+                        company,
+                        webhook_id: w.id.clone(),
+                        body: body.clone(),
+                        event: event.to_string(),
+                        attempt: 1,
+                        first_at_ms: now_ms,
+                    },
+                ));
+            }
         }
-        for d in deliveries {
-            self.schedule(now_ms + delay.as_millis() as i64, Task::Deliver(d));
+        for (at, d) in deliveries {
+            self.schedule(at, Task::Deliver(d));
         }
+    }
+
+    /// Sends an event of another family (`user.*`, `number.*`, …) with `data`, to every webhook
+    /// subscribed to it, as Aircall would.
+    pub fn emit_event(&self, company: u64, event: &str, data: Value) -> bool {
+        let Some(company) = self.company(company) else {
+            return false;
+        };
+        let resource = event.split('.').next().unwrap_or("call").to_string();
+        let mut guard = lock(&company.data);
+        self.emit_payload(
+            company.id,
+            &mut guard,
+            &resource,
+            event,
+            &data,
+            Duration::ZERO,
+        );
+        true
     }
 
     /// POSTs one event like Aircall: JSON, its headers, a 5-second deadline; failures retried
     /// with growing delays for up to 12 hours; repeated failures deactivate the webhook, and the
     /// next success re-activates it.
     async fn deliver(self: Arc<Self>, mut d: Delivery) {
+        let Some(company) = self.company(d.company) else {
+            return;
+        };
+        // The webhook's address now: it may have changed or gone since the event.
+        let url = {
+            let data = lock(&company.data);
+            match data.webhooks.iter().find(|w| w.id == d.webhook_id) {
+                Some(w) if !w.disabled_by_owner => w.url.clone(),
+                _ => return,
+            }
+        };
         let result = self
             .http
-            .post(&d.url)
+            .post(&url)
             .header("content-type", "application/json")
             .header("user-agent", "axios/1.7.7")
             .header("aircall-origin", "webhooks")
@@ -1202,6 +1280,9 @@ pub(crate) struct ListQuery {
     pub from: Option<i64>,
     pub to: Option<i64>,
     pub page: u64,
+    /// `per_page` as asked: the cap is checked on it.
+    pub requested_per_page: u64,
+    /// `per_page` as served (at most 50).
     pub per_page: u64,
     pub descending: bool,
     pub fetch_contact: bool,
@@ -1223,6 +1304,12 @@ fn page_json(base: &Url, q: &ListQuery, key: &str, items: Vec<Value>, total: u64
         }
         if q.descending {
             url.push_str("&order=desc");
+        }
+        if q.fetch_contact {
+            url.push_str("&fetch_contact=true");
+        }
+        if q.short_urls {
+            url.push_str("&fetch_short_urls=true");
         }
         url
     };

@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{aircall, client, redis, roomy_sim, settings, sim_with};
+use crate::helpers::{aircall, budget_key, client, redis, roomy_sim, settings, sim_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_a_range_of_25000_calls_returns_every_call_and_never_crosses_the_cap() {
@@ -68,6 +68,124 @@ async fn a_quiet_range_costs_one_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_range_bounds_and_split_points_are_listed_exactly_once() {
+    let (sim, company) = sim_with(roomy_sim(), CompanySpec::default()).await;
+    let mut s = settings("bounds", &sim.base_url);
+    s.aircall.listing_split_threshold = 100;
+    let to = sim.state.clock.now_s() - 3_600;
+    let from = to - 1_000;
+    // 400 calls: dense enough to split three times; one on every split point and bound.
+    let mut seconds: Vec<i64> = (0..392).map(|i| from + 1 + (i * 997) % 1_000).collect();
+    seconds.extend([
+        from,
+        from + 1,
+        from + 500,
+        from + 250,
+        from + 750,
+        to - 1,
+        to,
+        to + 1,
+    ]);
+    let mut expected = Vec::new();
+    for &second in &seconds {
+        let spec = CallSpec {
+            started_at: Some(second),
+            duration: 10,
+            notify: false,
+            ..CallSpec::default()
+        };
+        let id = sim.state.add_call(company.id, &spec).unwrap();
+        if second > from && second <= to {
+            expected.push(id);
+        }
+    }
+    let client = client(&s, &company);
+
+    let calls = client.list_calls(from, to).await.unwrap();
+
+    let mut got: Vec<u64> = calls.iter().map(|c| c.id.0).collect();
+    got.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_interrupted_by_an_error_resumes_at_the_same_page() {
+    let spec = CompanySpec {
+        history_calls: 180,
+        history_days: 2,
+        ..CompanySpec::default()
+    };
+    let (sim, company) = sim_with(roomy_sim(), spec).await;
+    let mut s = settings("resume", &sim.base_url);
+    s.aircall.max_attempts = 1;
+    let client = client(&s, &company);
+    let now = sim.state.clock.now_s();
+    let mut pager = client.calls_started_between(now - 3 * 86_400, now);
+    let mut calls = pager.next_page().await.unwrap().unwrap();
+
+    sim.state.set_faults(
+        Some(company.id),
+        Faults {
+            error_5xx_share: 1.0,
+            ..Faults::default()
+        },
+    );
+    assert!(pager.next_page().await.is_err());
+    assert!(pager.next_page().await.is_err());
+    sim.state.set_faults(Some(company.id), Faults::default());
+    while let Some(page) = pager.next_page().await.unwrap() {
+        calls.extend(page);
+    }
+
+    let mut ids: Vec<u64> = calls.iter().map(|c| c.id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        180,
+        "every call once, none skipped by the failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_grows_past_the_cap_while_paged_is_refused_not_truncated() {
+    let (sim, company) = sim_with(roomy_sim(), CompanySpec::default()).await;
+    let second = sim.state.clock.now_s() - 3_600;
+    let spec = CallSpec {
+        started_at: Some(second),
+        duration: 10,
+        notify: false,
+        ..CallSpec::default()
+    };
+    for _ in 0..9_990 {
+        sim.state.add_call(company.id, &spec).unwrap();
+    }
+    let client = client(&settings("grows", &sim.base_url), &company);
+    let mut pager = client.calls_started_between(second - 1, second);
+    pager.next_page().await.unwrap();
+    for _ in 0..100 {
+        sim.state.add_call(company.id, &spec).unwrap();
+    }
+
+    let result = loop {
+        match pager.next_page().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+
+    assert!(
+        matches!(result, Err(AircallError::ListingTooDense { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        sim.state.stats(company.id).unwrap().by_status.get(&400),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_second_holding_more_than_the_cap_is_a_loud_error_not_a_silent_truncation() {
     let (sim, company) = sim_with(roomy_sim(), CompanySpec::default()).await;
     let second = sim.state.clock.now_s() - 3_600;
@@ -94,48 +212,132 @@ async fn one_second_holding_more_than_the_cap_is_a_loud_error_not_a_silent_trunc
     assert_eq!(stats.by_status.get(&400), None);
 }
 
+/// Sleeps until just after the simulator's rate-limit window turns, so a test's few requests
+/// all fall in one window.
+async fn at_window_start(sim: &aircall_ingest::sim::RunningSimulator, window: Duration) {
+    let window_ms = window.as_millis() as i64;
+    let into = sim.state.clock.now_ms().rem_euclid(window_ms);
+    tokio::time::sleep(Duration::from_millis((window_ms - into + 50) as u64)).await;
+}
+
+/// Another integration of the same Aircall company spends `n` requests of the window.
+async fn spend_elsewhere(
+    sim: &aircall_ingest::sim::RunningSimulator,
+    company: &aircall_ingest::sim::CompanyInfo,
+    n: usize,
+) {
+    let other = reqwest::Client::new();
+    for _ in 0..n {
+        let r = other
+            .get(format!("{}v1/ping", sim.base_url))
+            .basic_auth(&company.api_id, Some(&company.api_token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_waited_out_and_the_request_retried() {
-    for reset_in_millis in [false, true] {
-        let window = Duration::from_secs(2);
+    // Reset in seconds, in milliseconds, and Retry-After: each must be understood.
+    for (reset_in_millis, send_retry_after) in [(false, false), (true, false), (false, true)] {
+        let window = Duration::from_secs(3);
         let sim_settings = SimSettings {
             rate_limit: 3,
             rate_window: window,
             reset_in_millis,
+            send_retry_after,
             ..SimSettings::for_tests()
         };
         let (sim, company) = sim_with(sim_settings, CompanySpec::default()).await;
         let mut s = settings("wait429", &sim.base_url);
         s.aircall.rate_limit_window_ms = window.as_millis() as u64;
         let client = client(&s, &company);
-        // Another integration of the same Aircall company spends the whole window.
-        let other = reqwest::Client::new();
-        for _ in 0..3 {
-            let r = other
-                .get(format!("{}v1/ping", sim.base_url))
-                .basic_auth(&company.api_id, Some(&company.api_token))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
+        at_window_start(&sim, window).await;
+        spend_elsewhere(&sim, &company, 3).await;
         let started = Instant::now();
 
         client.ping().await.unwrap();
 
+        let case = format!("reset in ms: {reset_in_millis}, retry-after: {send_retry_after}");
         let stats = client.stats();
-        assert_eq!(
-            stats.rate_limited, 1,
-            "one 429 (reset in ms: {reset_in_millis})"
-        );
-        assert_eq!(stats.requests, 2, "then one retry after the reset");
+        assert_eq!(stats.rate_limited, 1, "one 429 ({case})");
+        assert_eq!(stats.requests, 2, "then one retry after the reset ({case})");
+        let waited = started.elapsed();
         assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "waited for the reset, not longer"
+            waited >= Duration::from_millis(1_900),
+            "waited {waited:?} for the reset ({case})"
+        );
+        assert!(
+            waited < Duration::from_millis(4_500),
+            "waited {waited:?}: not much past the reset ({case})"
         );
         let by_status = sim.state.stats(company.id).unwrap().by_status;
         assert_eq!(by_status.get(&429), Some(&1));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spent_by_other_integrations_slow_us_down_instead_of_earning_429s() {
+    let window = Duration::from_secs(3);
+    let sim_settings = SimSettings {
+        rate_limit: 6,
+        rate_window: window,
+        ..SimSettings::for_tests()
+    };
+    let (sim, company) = sim_with(sim_settings, CompanySpec::default()).await;
+    let mut s = settings("others", &sim.base_url);
+    s.aircall.rate_limit_window_ms = window.as_millis() as u64;
+    s.aircall.requests_per_window = 6;
+    let client = client(&s, &company);
+    at_window_start(&sim, window).await;
+    client.ping().await.unwrap();
+    spend_elsewhere(&sim, &company, 3).await;
+
+    // Our log holds 1; Aircall says 2 remain after the next one: we may send only 2 more.
+    for _ in 0..3 {
+        client.ping().await.unwrap();
+    }
+
+    assert_eq!(
+        client.stats().rate_limited,
+        0,
+        "the headers held us back before any 429"
+    );
+    assert!(client.stats().budget_wait_ms > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_remaining_holds_every_client_of_the_company_until_the_reset() {
+    let window = Duration::from_secs(3);
+    let sim_settings = SimSettings {
+        rate_limit: 2,
+        rate_window: window,
+        ..SimSettings::for_tests()
+    };
+    let (sim, company) = sim_with(sim_settings, CompanySpec::default()).await;
+    let mut s = settings("remaining0", &sim.base_url);
+    // Our own window is long: only Aircall's "nothing remains" can explain a short wait.
+    s.aircall.requests_per_window = 1_000;
+    let first = client(&s, &company);
+    let second = client(&s, &company);
+    at_window_start(&sim, window).await;
+
+    first.ping().await.unwrap();
+    first.ping().await.unwrap();
+    let started = Instant::now();
+    second.ping().await.unwrap();
+
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "the other client waited for the reset"
+    );
+    assert_eq!(second.stats().rate_limited, 0);
+    assert_eq!(
+        sim.state.stats(company.id).unwrap().by_status.get(&429),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +371,7 @@ async fn wrong_credentials_are_invalid_credentials_and_never_retried() {
         api_id: company.api_id.clone(),
         api_token: SecretString::from("wrong"),
     };
-    let client = aircall(&s).client(wrong, CancellationToken::new());
+    let client = aircall(&s).client(wrong, "badcreds", CancellationToken::new());
 
     let result = client.ping().await;
 
@@ -213,6 +415,122 @@ async fn server_errors_are_retried_with_backoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_back_off_between_attempts() {
+    let sim_settings = SimSettings {
+        faults: Faults {
+            error_5xx_share: 1.0,
+            ..Faults::default()
+        },
+        ..roomy_sim()
+    };
+    let (sim, company) = sim_with(sim_settings, CompanySpec::default()).await;
+    let mut s = settings("backoff", &sim.base_url);
+    s.aircall.max_attempts = 3;
+    s.aircall.backoff_initial_ms = 200;
+    s.aircall.backoff_max_ms = 1_000;
+    let client = client(&s, &company);
+    let started = Instant::now();
+
+    let result = client.ping().await;
+
+    assert!(
+        matches!(result, Err(AircallError::Unavailable { attempts: 3, .. })),
+        "{result:?}"
+    );
+    // Equal jitter: at least half of 200 ms, then half of 400 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.state.stats(company.id).unwrap().by_endpoint["ping"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_times_out_and_counts_as_unavailable() {
+    let sim_settings = SimSettings {
+        faults: Faults {
+            latency_ms: 1_500,
+            ..Faults::default()
+        },
+        ..roomy_sim()
+    };
+    let (sim, company) = sim_with(sim_settings, CompanySpec::default()).await;
+    let mut s = settings("timeout", &sim.base_url);
+    s.aircall.max_attempts = 1;
+    s.aircall.read_timeout_ms = 300;
+    s.aircall.request_timeout_ms = 500;
+    let started = Instant::now();
+
+    let result = client(&s, &company).ping().await;
+
+    assert!(
+        matches!(&result, Err(e @ AircallError::Unavailable { .. }) if e.is_transient()),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1_400));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_that_is_not_the_documented_json_is_malformed_without_quoting_it() {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|| async {
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(r#"{"call": {"id": "secret-looking-text"}}"#)
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    let s = settings("malformed", &base);
+    let creds = Credentials {
+        api_id: "x".into(),
+        api_token: SecretString::from("y"),
+    };
+    let client = aircall(&s).client(creds, "malformed", CancellationToken::new());
+
+    let result = client.get_call(CallId(1)).await;
+
+    match result {
+        Err(e @ AircallError::Malformed { .. }) => {
+            assert!(!e.is_transient());
+            assert!(!e.to_string().contains("secret-looking-text"), "{e}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_no_request_goes_out_and_the_error_is_transient() {
+    let (sim, company) = sim_with(roomy_sim(), CompanySpec::default()).await;
+    let mut s = settings("noredis", &sim.base_url);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.redis_url = url::Url::parse(&format!("redis://{}/", closed.local_addr().unwrap()))
+        .unwrap()
+        .into();
+    drop(closed);
+    s.aircall.max_attempts = 1;
+
+    let result = client(&s, &company).ping().await;
+
+    assert!(
+        matches!(&result, Err(e @ AircallError::Budget(_)) if e.is_transient()),
+        "{result:?}"
+    );
+    assert!(
+        sim.state.stats(company.id).unwrap().by_endpoint.is_empty(),
+        "nothing reached Aircall"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_creation_is_not_repeated_after_a_server_error() {
     let sim_settings = SimSettings {
         faults: Faults {
@@ -225,6 +543,7 @@ async fn a_webhook_creation_is_not_repeated_after_a_server_error() {
     let client = client(&settings("post5xx", &sim.base_url), &company);
     let spec = WebhookSpec {
         url: Some("https://example.com/h".into()),
+        events: vec!["call.ended".into()],
         ..WebhookSpec::default()
     };
 
@@ -251,7 +570,7 @@ async fn an_unreachable_aircall_is_unavailable() {
         api_id: "x".into(),
         api_token: SecretString::from("y"),
     };
-    let client = aircall(&s).client(creds, CancellationToken::new());
+    let client = aircall(&s).client(creds, "unreachable", CancellationToken::new());
 
     let result = client.ping().await;
 
@@ -271,7 +590,7 @@ async fn webhooks_round_trip_through_the_client() {
         .create_webhook(&WebhookSpec {
             custom_name: Some("aircall-ingest".into()),
             url: Some("https://ingest.example.com/webhooks/aircall/acme".into()),
-            events: Some(events.clone()),
+            events: events.clone(),
             active: None,
         })
         .await
@@ -285,7 +604,7 @@ async fn webhooks_round_trip_through_the_client() {
             &created.webhook_id,
             &WebhookSpec {
                 active: Some(true),
-                events: Some(events.clone()),
+                events: events.clone(),
                 ..Default::default()
             },
         )
@@ -397,7 +716,8 @@ async fn aircalls_announced_limit_becomes_the_budget() {
 
     let key = format!(
         "{}:ratelimit:{{{}}}:control",
-        s.redis_key_prefix, company.api_id
+        s.redis_key_prefix,
+        budget_key(&company)
     );
     let limit: Option<u32> = redis().await.hget(&key, "limit").await.unwrap();
     assert_eq!(limit, Some(120));
@@ -414,7 +734,11 @@ async fn waiting_for_the_budget_ends_when_cancelled() {
     s.aircall.requests_per_window = 1;
     s.aircall.rate_limit_window_ms = 60_000;
     let cancel = CancellationToken::new();
-    let client = aircall(&s).client(crate::helpers::credentials(&company), cancel.clone());
+    let client = aircall(&s).client(
+        crate::helpers::credentials(&company),
+        &budget_key(&company),
+        cancel.clone(),
+    );
     client.ping().await.unwrap();
 
     let started = Instant::now();

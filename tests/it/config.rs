@@ -119,8 +119,68 @@ fn every_invalid_value_is_reported_by_the_name_of_its_setting() {
         ),
         ("AIRCALL_INGEST_LOG__FORMAT", "xml", "log.format"),
         ("AIRCALL_INGEST_LOG__LEVEL", "info,[", "log.level"),
-        ("AIRCALL_INGEST_REDIS_ULR", "redis://x", "redis_ulr"),
         ("AIRCALL_INGEST_AIRCALL", "x", "aircall"),
+        (
+            "AIRCALL_INGEST_AIRCALL_BASE_URL",
+            "https://api.aircall.io/v1",
+            "aircall_base_url",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__MAX_BODY_BYTES",
+            "10",
+            "intake.max_body_bytes",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__BROKER_CONFIRM_TIMEOUT_MS",
+            "10000",
+            "intake.broker_confirm_timeout_ms",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__DEDUPE_TTL_MS",
+            "x",
+            "intake.dedupe_ttl_ms",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__CONNECTION_CACHE_TTL_MS",
+            "-1",
+            "intake.connection_cache_ttl_ms",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__SPOOL_DRAIN_INTERVAL_MS",
+            "1",
+            "intake.spool_drain_interval_ms",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__SPOOL_DRAIN_BATCH",
+            "0",
+            "intake.spool_drain_batch",
+        ),
+        (
+            "AIRCALL_INGEST_INTAKE__RETRY_AFTER_S",
+            "0",
+            "intake.retry_after_s",
+        ),
+        ("AIRCALL_INGEST_QUEUE__PREFIX", "has space", "queue.prefix"),
+        (
+            "AIRCALL_INGEST_QUEUE__RETRY_DELAYS_MS",
+            "5000,x",
+            "queue.retry_delays_ms",
+        ),
+        (
+            "AIRCALL_INGEST_QUEUE__RETRY_DELAYS_MS",
+            "5000,1",
+            "queue.retry_delays_ms",
+        ),
+        (
+            "AIRCALL_INGEST_QUEUE__DELIVERY_LIMIT",
+            "0",
+            "queue.delivery_limit",
+        ),
+        (
+            "AIRCALL_INGEST_QUEUE__CONNECT_TIMEOUT_MS",
+            "5",
+            "queue.connect_timeout_ms",
+        ),
     ];
     for (var, value, key) in cases {
         let error = load(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
@@ -144,6 +204,53 @@ fn every_invalid_value_is_reported_by_the_name_of_its_setting() {
         );
         assert!(!problem.message.is_empty());
     }
+}
+
+#[test]
+fn variables_that_are_not_settings_are_ignored_and_reported() {
+    // Kubernetes sets these for a Service named aircall-ingest.
+    let s = load(&[
+        ("AIRCALL_INGEST_SERVICE_HOST", "10.0.0.1"),
+        ("AIRCALL_INGEST_PORT_8080_TCP_ADDR", "10.0.0.1"),
+        ("AIRCALL_INGEST_REDIS_ULR", "redis://typo"),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.ignored_env,
+        [
+            "AIRCALL_INGEST_PORT_8080_TCP_ADDR",
+            "AIRCALL_INGEST_REDIS_ULR",
+            "AIRCALL_INGEST_SERVICE_HOST"
+        ]
+    );
+}
+
+#[test]
+fn a_url_that_does_not_parse_never_echoes_its_password() {
+    let error = load(&[(
+        "AIRCALL_INGEST_REDIS_URL",
+        "redis://:SECRETPW@redis:63x79/0",
+    )])
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("redis_url"), "{text}");
+    assert!(!text.contains("SECRETPW"), "{text}");
+}
+
+#[test]
+fn production_needs_https_towards_aircall() {
+    let s = load(&[
+        ("AIRCALL_INGEST_ADMIN_TOKEN", "a-very-long-admin-token"),
+        (
+            "AIRCALL_INGEST_SECRET_KEY",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+        ("AIRCALL_INGEST_PUBLIC_URL", "https://ingest.example.com"),
+        ("AIRCALL_INGEST_AIRCALL_BASE_URL", "http://api.aircall.io"),
+    ])
+    .unwrap();
+    let error = s.secrets().unwrap_err().to_string();
+    assert!(error.contains("aircall_base_url"), "{error}");
 }
 
 #[test]

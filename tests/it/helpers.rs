@@ -63,8 +63,17 @@ pub fn credentials(company: &CompanyInfo) -> Credentials {
     }
 }
 
+/// The budget key tests use for a simulated company.
+pub fn budget_key(company: &CompanyInfo) -> String {
+    format!("company-{}", company.id)
+}
+
 pub fn client(settings: &Settings, company: &CompanyInfo) -> AircallClient {
-    aircall(settings).client(credentials(company), CancellationToken::new())
+    aircall(settings).client(
+        credentials(company),
+        &budget_key(company),
+        CancellationToken::new(),
+    )
 }
 
 pub async fn redis() -> redis::aio::ConnectionManager {

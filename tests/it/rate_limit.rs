@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use aircall_ingest::aircall::ratelimit::Observed;
 use aircall_ingest::aircall::{RateLimitSettings, RateLimiter};
 use aircall_ingest::sim::{CompanySpec, SimSettings};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{aircall, credentials, redis, settings, sim_with, unique_prefix};
+use crate::helpers::{aircall, budget_key, credentials, redis, settings, sim_with, unique_prefix};
 
 /// The most requests that arrived within any `window_ms` span.
 fn busiest_window(arrivals: &[i64], window_ms: i64) -> usize {
@@ -37,7 +38,13 @@ async fn three_clients_sharing_a_budget_never_exceed_it_in_any_window() {
     s.aircall.rate_limit_window_ms = WINDOW.as_millis() as u64;
     // Three processes: three separate clients, Redis connections and HTTP pools.
     let clients: Vec<_> = (0..3)
-        .map(|_| aircall(&s).client(credentials(&company), CancellationToken::new()))
+        .map(|_| {
+            aircall(&s).client(
+                credentials(&company),
+                &budget_key(&company),
+                CancellationToken::new(),
+            )
+        })
         .collect();
 
     let deadline = Instant::now() + Duration::from_millis(7_500);
@@ -95,6 +102,32 @@ async fn a_block_set_by_one_process_holds_the_others() {
     let waited = other.acquire(&cancel).await.unwrap();
 
     assert!(waited >= Duration::from_millis(550), "waited {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_limit_applies_to_a_log_already_fuller_than_it() {
+    let prefix = unique_prefix("lowered");
+    let settings = RateLimitSettings {
+        default_limit: 10,
+        window: Duration::from_secs(60),
+        margin: Duration::ZERO,
+    };
+    let budget = RateLimiter::new(redis().await, &prefix, settings).budget("company");
+    let cancel = CancellationToken::new();
+    for _ in 0..5 {
+        budget.acquire(&cancel).await.unwrap();
+    }
+
+    budget
+        .observe(&Observed {
+            limit: Some(3),
+            ..Observed::default()
+        })
+        .await
+        .unwrap();
+    let sixth = tokio::time::timeout(Duration::from_millis(300), budget.acquire(&cancel)).await;
+
+    assert!(sixth.is_err(), "5 spent is over the new limit of 3: wait");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

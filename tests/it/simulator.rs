@@ -360,44 +360,81 @@ async fn recordings_may_come_without_content_length() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_huge_recording_streams_without_costing_memory() {
-    let (sim, company) = sim_with(roomy_sim(), CompanySpec::default()).await;
-    let size = 250 * 1024 * 1024;
-    let call = sim
-        .state
-        .add_call(
-            company.id,
-            &CallSpec {
-                recording_bytes: Some(size),
-                ..Default::default()
-            },
-        )
+async fn a_huge_recording_streams_without_costing_the_simulator_memory() {
+    // The simulator in a process of its own, so its memory is its alone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aircall-ingest"))
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--history-calls",
+            "0",
+            "--live-calls-per-minute",
+            "0",
+        ])
+        .env("AIRCALL_INGEST_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    let url = recording_url(&sim, &company, call).await.unwrap();
-    let rss_before = resident_kib();
+    let base = format!("http://127.0.0.1:{port}/");
+    let client = http();
+    let ready = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(ready, "the simulator did not start");
+    let size: u64 = 250 * 1024 * 1024;
+    let added: Value = client
+        .post(format!("{base}_sim/companies/1/calls"))
+        .json(&json!({"recording_bytes": size}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call = added["id"].as_u64().unwrap();
+    let body: Value = client
+        .get(format!("{base}v1/calls/{call}"))
+        .basic_auth("demo-api-id", Some("demo-api-token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = body["call"]["recording"].as_str().unwrap().to_string();
 
-    let mut response = http().get(&url).send().await.unwrap();
+    let mut response = client.get(&url).send().await.unwrap();
     assert_eq!(response.content_length(), Some(size));
     let mut received = 0u64;
     while let Some(chunk) = response.chunk().await.unwrap() {
         received += chunk.len() as u64;
     }
+    let peak_kib = peak_resident_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
 
     assert_eq!(received, size);
-    let grown_kib = resident_kib().saturating_sub(rss_before);
     assert!(
-        grown_kib < 64 * 1024,
-        "serving 250 MB grew the process by {grown_kib} KiB"
+        peak_kib < 64 * 1024,
+        "serving 250 MB peaked at {peak_kib} KiB"
     );
 }
 
-fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// Peak resident memory (VmHWM) of a process, in KiB.
+fn peak_resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(u64::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,6 +663,90 @@ async fn a_call_in_progress_is_listed_then_ends_by_itself() {
     assert!(eventually(Duration::from_secs(5), || receiver.count("call.ended") == 1).await);
     let after = get_json(&sim, &company, &format!("v1/calls/{call}")).await;
     assert_eq!(after["call"]["status"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplication_fault_delivers_an_event_twice() {
+    let settings = SimSettings {
+        faults: Faults {
+            duplicate_webhook_share: 1.0,
+            ..Faults::default()
+        },
+        ..roomy_sim()
+    };
+    let (sim, company) = sim_with(settings, CompanySpec::default()).await;
+    let receiver = Receiver::start(0).await;
+    register(&sim, &company, &receiver.url, &["call.ended"]).await;
+
+    sim.state
+        .add_call(company.id, &CallSpec::default())
+        .unwrap();
+
+    assert!(eventually(Duration::from_secs(5), || receiver.count("call.ended") == 2).await);
+    let events = receiver.events();
+    assert_eq!(events[0].body, events[1].body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_other_families_reach_webhooks_subscribed_to_them() {
+    let (sim, company) = sim_with(roomy_sim(), CompanySpec::default()).await;
+    let every_event = Receiver::start(0).await;
+    let calls_only = Receiver::start(0).await;
+    let client = http();
+    client
+        .post(format!("{}v1/webhooks", sim.base_url))
+        .basic_auth(&company.api_id, Some(&company.api_token))
+        .json(&json!({"url": every_event.url}))
+        .send()
+        .await
+        .unwrap();
+    register(&sim, &company, &calls_only.url, &["call.ended"]).await;
+
+    assert!(
+        sim.state
+            .emit_event(company.id, "user.connected", json!({"id": 1}))
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), || every_event
+            .count("user.connected")
+            == 1)
+        .await
+    );
+    assert_eq!(every_event.events()[0].body["resource"], "user");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(calls_only.events().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_link_refuses_credentials_and_may_live_on_another_host() {
+    let mut settings = roomy_sim();
+    settings.public_url = None;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    settings.recording_url = Some(url::Url::parse(&format!("http://localhost:{port}/")).unwrap());
+    let sim = RunningSimulator::start(settings, listener).unwrap();
+    let company = sim.state.add_company(CompanySpec::default()).unwrap();
+    let call = sim
+        .state
+        .add_call(company.id, &CallSpec::default())
+        .unwrap();
+    let url = recording_url(&sim, &company, call).await.unwrap();
+    assert!(
+        url.starts_with(&format!("http://localhost:{port}/recordings/")),
+        "{url}"
+    );
+
+    let with_credentials = http()
+        .get(&url)
+        .basic_auth(&company.api_id, Some(&company.api_token))
+        .send()
+        .await
+        .unwrap();
+    let plain = http().get(&url).send().await.unwrap();
+
+    assert_eq!(with_credentials.status(), 400);
+    assert_eq!(plain.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
