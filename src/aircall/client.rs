@@ -484,6 +484,7 @@ impl AircallClient {
             limit: rate.limit,
             remaining: rate.remaining,
             block,
+            reset_in: rate.reset_wait,
         };
         if let Err(e) = self.budget.observe(&seen).await {
             warn!(error = %e, "cannot record Aircall's rate-limit headers");

@@ -54,10 +54,11 @@ return math.max(1, tonumber(gate[2]) + window - now)
 
 /// Adjusts the budget to what an Aircall answer said. KEYS[1]: the log; KEYS[2]: the control
 /// hash. ARGV: default limit, window ms, announced limit (0: none), remaining (-1: none), block
-/// ms (0: none), a unique member prefix, control TTL ms.
+/// ms (0: none), a unique member prefix, control TTL ms, ms until Aircall's reset (-1: unknown).
 /// - an announced limit replaces the configured one;
 /// - a `remaining` lower than the log's view means other integrations of the company spent the
-///   difference: that many entries are added to the log, so our processes slow down too;
+///   difference: that many entries are added to the log, so our processes slow down too. They
+///   leave the log when Aircall's window resets (a whole window later when the reset is unknown);
 /// - a block holds every request of the company until it ends (never shortened).
 const OBSERVE_LUA: &str = r"
 local t = redis.call('TIME')
@@ -73,8 +74,13 @@ if remaining >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   local unseen = (limit - redis.call('ZCARD', KEYS[1])) - remaining
   if unseen > 0 then
+    local reset = tonumber(ARGV[8])
+    local score = now
+    if reset >= 0 and reset < window then
+      score = now - window + reset
+    end
     for i = 1, math.min(unseen, limit) do
-      redis.call('ZADD', KEYS[1], now, ARGV[6] .. ':' .. i)
+      redis.call('ZADD', KEYS[1], score, ARGV[6] .. ':' .. i)
     end
     redis.call('PEXPIRE', KEYS[1], window)
   end
@@ -230,6 +236,7 @@ impl CompanyBudget {
             .arg(seen.block.map_or(0, |b| b.as_millis().max(1) as u64))
             .arg(format!("aircall:{:016x}", fastrand::u64(..)))
             .arg(CONTROL_TTL_MS)
+            .arg(seen.reset_in.map_or(-1, |r| r.as_millis() as i64))
             .invoke_async(&mut self.limiter.redis.clone())
             .await
             .map_err(BudgetError::Redis)?;
@@ -247,4 +254,6 @@ pub struct Observed {
     pub remaining: Option<u32>,
     /// Hold every request of the company this long (after a 429, or when nothing remains).
     pub block: Option<Duration>,
+    /// Time until Aircall's window resets (`X-AircallApi-Reset`), when known.
+    pub reset_in: Option<Duration>,
 }
