@@ -1,8 +1,9 @@
-//! The shared context of every role (Redis, the Aircall client factory) and the dispatcher that
-//! runs the role the command line asked for.
+//! The shared context of every role (settings, Redis, RabbitMQ, the Aircall client factory, the
+//! keys) and the dispatcher that runs the role the command line asked for.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -10,9 +11,99 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::aircall::{Aircall, CallStatus, Credentials, RateLimitSettings, RateLimiter};
-use crate::cli::{Command, ProbeArgs, SimulateArgs};
+use crate::cli::{Command, ConnectArgs, ProbeArgs, ServeArgs, SimulateArgs};
 use crate::config::Settings;
+use crate::connections::{self, ConnectionId, ConnectionStatus, ConnectionStore};
+use crate::crypto::Keys;
+use crate::intake::Intake;
+use crate::queue::{Broker, Spool};
+use crate::serve::{self, Readiness};
 use crate::sim::RunningSimulator;
+
+/// Everything the service roles share, built once per process. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub redis: ConnectionManager,
+    pub broker: Broker,
+    pub spool: Spool,
+    pub connections: ConnectionStore,
+    pub aircall: Aircall,
+    pub keys: Arc<Keys>,
+}
+
+impl Context {
+    /// Builds the context; connects nothing yet (Redis lazily, RabbitMQ through
+    /// [`Broker::run`]). Fails when production secrets are missing.
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        let secrets = settings.secrets()?;
+        if secrets.using_development_defaults {
+            warn!("development mode: well-known development secrets stand in for missing ones");
+        }
+        let redis = redis(&settings)?;
+        Ok(Self {
+            broker: Broker::new(&settings.amqp_url, &settings.queue),
+            spool: Spool::new(redis.clone(), &settings.redis_key_prefix),
+            connections: ConnectionStore::new(
+                redis.clone(),
+                &settings.redis_key_prefix,
+                settings.intake.connection_cache_ttl(),
+            ),
+            aircall: aircall(&settings, redis.clone())?,
+            keys: Arc::new(Keys::derive(&secrets.secret_key)),
+            redis,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The webhook endpoint's share of the context.
+    pub fn intake(&self) -> Intake {
+        Intake {
+            connections: self.connections.clone(),
+            keys: self.keys.clone(),
+            broker: self.broker.clone(),
+            spool: self.spool.clone(),
+            redis: self.redis.clone(),
+            settings: self.settings.intake.clone(),
+            key_prefix: self.settings.redis_key_prefix.clone(),
+        }
+    }
+
+    /// Starts the background work of the `serve` role: the RabbitMQ supervisor and the spool
+    /// drainer. Both end when `cancel` fires.
+    pub fn start_background(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let intake = &self.settings.intake;
+        vec![
+            tokio::spawn(self.broker.clone().run(cancel.clone())),
+            tokio::spawn(self.spool.clone().run_drainer(
+                self.broker.clone(),
+                intake.spool_drain_interval(),
+                intake.spool_drain_batch,
+                intake.broker_confirm_timeout(),
+                cancel.clone(),
+            )),
+        ]
+    }
+
+    /// Starts the HTTP server of the `serve` role on `listener`.
+    pub fn serve(
+        &self,
+        listener: TcpListener,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<serve::HttpServerHandle> {
+        serve::start(
+            listener,
+            self.intake(),
+            Readiness {
+                redis: self.redis.clone(),
+                broker: self.broker.clone(),
+            },
+            self.settings.serve.worker_threads(),
+            self.settings.serve.shutdown_timeout(),
+            cancel.clone(),
+        )
+    }
+}
 
 /// Exit code of a role that has not been built yet.
 const NOT_AVAILABLE: u8 = 3;
@@ -57,7 +148,9 @@ pub async fn run(
         Command::Config => Ok(print_config(&settings)),
         Command::Simulate(args) => simulate(&args, cancel).await,
         Command::Probe(args) => probe(&settings, args, cancel).await,
-        Command::Serve(_) => not_yet("serve", "webhook intake (issue 3)"),
+        Command::Connect(args) => connect(settings, args, cancel).await,
+        Command::Status => status(settings).await,
+        Command::Serve(args) => run_serve(settings, args, cancel).await,
         Command::Worker => not_yet("worker", "the import worker (issue 4)"),
         Command::Reconcile(_) => not_yet("reconcile", "reconciliation (issue 5)"),
         Command::All(_) => not_yet(
@@ -65,6 +158,105 @@ pub async fn run(
             "webhook intake, the worker and reconciliation (issues 3-5)",
         ),
     }
+}
+
+/// The `serve` role: HTTP, the broker supervisor and the spool drainer, until SIGTERM.
+async fn run_serve(
+    settings: Settings,
+    args: ServeArgs,
+    cancel: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => ctx.settings.serve.listen.parse().context("serve.listen")?,
+    };
+    let listener = TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
+    let background = ctx.start_background(&cancel);
+    let server = ctx.serve(listener, &cancel)?;
+    info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}");
+    server.stopped().await;
+    for task in background {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects an Aircall company from the command line: checks the credentials, registers the
+/// webhook at `{public_url}/webhooks/aircall/{id}`, stores the connection.
+async fn connect(
+    settings: Settings,
+    args: ConnectArgs,
+    cancel: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    let id = ConnectionId::parse(&args.id)?;
+    let credentials = Credentials {
+        api_id: args.api_id.clone(),
+        api_token: args.api_token.clone(),
+    };
+    let client = ctx.aircall.client(credentials, id.as_str(), cancel);
+    let request = connections::ConnectRequest {
+        id,
+        client: &client,
+        api_id: &args.api_id,
+        api_token: &args.api_token,
+        public_url: &ctx.settings.public_url,
+        store: &ctx.connections,
+        keys: &ctx.keys,
+        status: ConnectionStatus::WaitingForUsers,
+        now_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+    };
+    match connections::connect(request).await {
+        Ok(record) => {
+            println!(
+                "connected {}: webhook {} at {}",
+                record.id,
+                record.webhook_id,
+                connections::webhook_url(&ctx.settings.public_url, &record.id)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("cannot connect: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Prints the state operators look at first: queues, spool, connections.
+async fn status(settings: Settings) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    ctx.broker
+        .connect()
+        .await
+        .context("cannot reach RabbitMQ")?;
+    let names = ctx.broker.names().clone();
+    let mut queues = vec![names.import.clone()];
+    queues.extend(names.retries.iter().cloned());
+    queues.push(names.dead.clone());
+    for queue in queues {
+        let depth = ctx
+            .broker
+            .queue_depth(&queue)
+            .await
+            .with_context(|| format!("cannot read {queue}"))?;
+        println!("queue {queue}: {depth} messages");
+    }
+    println!(
+        "spool: {} jobs",
+        ctx.spool.depth().await.context("cannot reach Redis")?
+    );
+    for id in ctx.connections.ids().await.context("cannot reach Redis")? {
+        if let Some(record) = ctx.connections.get(&id).await? {
+            println!(
+                "connection {}: {:?}, webhook {}",
+                record.id, record.status, record.webhook_id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn not_yet(role: &str, waits_for: &str) -> anyhow::Result<ExitCode> {

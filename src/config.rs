@@ -91,6 +91,10 @@ pub enum Mode {
 pub struct ServeSettings {
     /// Address the HTTP server binds (`serve --listen` overrides it).
     pub listen: String,
+    /// HTTP worker threads (0: one per CPU).
+    pub workers: usize,
+    /// Time in-flight requests get to finish on shutdown, in milliseconds.
+    pub shutdown_timeout_ms: u64,
 }
 
 /// Settings of the webhook endpoint.
@@ -250,10 +254,25 @@ impl QueueSettings {
     }
 }
 
+impl ServeSettings {
+    /// Worker threads to run: the setting, or one per CPU.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        }
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
 impl Default for ServeSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_ms: 10_000,
         }
     }
 }
@@ -546,6 +565,13 @@ impl Settings {
             ),
             (i.retry_after_s, "intake.retry_after_s", 1, 3_600),
             (q.delivery_limit.into(), "queue.delivery_limit", 1, 1_000),
+            (self.serve.workers as u64, "serve.workers", 0, 256),
+            (
+                self.serve.shutdown_timeout_ms,
+                "serve.shutdown_timeout_ms",
+                100,
+                600_000,
+            ),
             (
                 q.connect_timeout_ms,
                 "queue.connect_timeout_ms",

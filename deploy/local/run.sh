@@ -5,8 +5,10 @@
 #   deploy/local/run.sh           run until Ctrl-C
 #   deploy/local/run.sh --once    show what there is to see, then stop (used to check the demo)
 #
-# Logs go to .local/*.log. Today the service side is the `probe` operator command: the import
-# pipeline (serve, worker, reconcile) arrives with its issues and will be started here.
+# What runs today: `serve` (webhooks become durable jobs in RabbitMQ), the `connect` command
+# (the demo company's webhook registered on the simulator) and the `probe` and `status` tools.
+# The worker and the reconciler arrive with their issues and will be started here too.
+# Logs go to .local/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -14,6 +16,8 @@ once=0
 [ "${1:-}" = "--once" ] && once=1
 
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:8090}
+SERVE_ADDR=${SERVE_ADDR:-127.0.0.1:8080}
+PREFIX=aircall-ingest-demo
 mkdir -p .local
 
 deploy/local/services.sh
@@ -28,32 +32,69 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-: >.local/simulator.out
-"$bin" simulate --listen "$SIM_ADDR" --webhook-delay-secs 5 >.local/simulator.out 2>.local/simulator.log &
-sim_pid=$!
-pids+=("$sim_pid")
-until grep -q "serving" .local/simulator.out 2>/dev/null; do
-  if ! kill -0 "$sim_pid" 2>/dev/null; then
-    echo "[demo] the simulator did not start; .local/simulator.log says:" >&2
-    tail -n 20 .local/simulator.log >&2
-    exit 1
-  fi
-  sleep 0.2
-done
-echo "[demo] simulated Aircall:"
-sed 's/^/[demo]   /' .local/simulator.out
+# start NAME LOG COMMAND...: starts a process, waits until LOG says it serves.
+start() {
+  local name=$1 ready=$2 log=$3
+  shift 3
+  : >"$log"
+  "$@" >>"$log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  until grep -q "$ready" "$log" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "[demo] $name did not start; $log says:" >&2
+      tail -n 20 "$log" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
 
 export AIRCALL_INGEST_MODE=development
 export AIRCALL_INGEST_AIRCALL_BASE_URL="http://$SIM_ADDR"
-export AIRCALL_INGEST_REDIS_KEY_PREFIX=aircall-ingest-demo
-echo "[demo] checking the demo company's credentials and its last 14 days through the service's client:"
-AIRCALL_API_ID=demo-api-id AIRCALL_API_TOKEN=demo-api-token "$bin" probe --days 14 2>>.local/probe.log | sed 's/^/[demo]   /'
+export AIRCALL_INGEST_PUBLIC_URL="http://$SERVE_ADDR"
+export AIRCALL_INGEST_REDIS_KEY_PREFIX=$PREFIX
+export AIRCALL_INGEST_QUEUE__PREFIX=$PREFIX
+export AIRCALL_INGEST_LOG__FORMAT=json
+
+# A fresh demo each time: the simulator forgets its webhooks when it stops.
+if command -v redis-cli >/dev/null 2>&1; then
+  redis-cli --scan --pattern "$PREFIX:*" | xargs -r redis-cli del >/dev/null
+fi
+
+start simulator "serving" .local/simulator.log \
+  "$bin" simulate --listen "$SIM_ADDR" --webhook-delay-secs 5
+echo "[demo] simulated Aircall:"
+grep -v '^{' .local/simulator.log | sed 's/^/[demo]   /'
+
+start serve "serving webhooks" .local/serve.log "$bin" serve --listen "$SERVE_ADDR"
+echo "[demo] serve is answering webhooks at http://$SERVE_ADDR/webhooks/aircall/{connection}"
+
+export AIRCALL_API_ID=demo-api-id AIRCALL_API_TOKEN=demo-api-token
+echo "[demo] checking the demo company's credentials and its last 14 days:"
+"$bin" probe --days 14 2>>.local/probe.log | sed 's/^/[demo]   /'
+echo "[demo] connecting it (webhook registered on the simulated Aircall):"
+"$bin" connect --id demo 2>>.local/connect.log | sed 's/^/[demo]   /'
+
+echo "[demo] three calls end now; Aircall posts call.ended about 5 s later…"
+for _ in 1 2 3; do
+  curl -fsS -X POST "http://$SIM_ADDR/_sim/companies/1/calls" -H 'content-type: application/json' -d '{}' >/dev/null
+done
+for _ in $(seq 1 50); do
+  [ "$(grep -c '"webhook accepted"' .local/serve.log)" -ge 3 ] && break
+  sleep 0.2
+done
+echo "[demo] webhooks received by serve:"
+grep '"webhook accepted"' .local/serve.log \
+  | sed -E 's/.*"event":"([^"]*)".*"call_id":([0-9]+).*"outcome":"([^"]*)".*/[demo]   \1 for call \2: \3/'
+echo "[demo] what is waiting now:"
+"$bin" status 2>>.local/status.log | sed 's/^/[demo]   /'
 
 if [ "$once" -eq 1 ]; then
   exit 0
 fi
-echo "[demo] the simulator keeps running (live calls every ~30 s); try:"
-echo "[demo]   curl -u demo-api-id:demo-api-token 'http://$SIM_ADDR/v1/calls?per_page=5&order=desc'"
-echo "[demo]   curl 'http://$SIM_ADDR/_sim/companies'"
+echo "[demo] running (a live call every ~30 s); try:"
+echo "[demo]   curl -X POST http://$SIM_ADDR/_sim/companies/1/calls -H 'content-type: application/json' -d '{}'"
+echo "[demo]   AIRCALL_INGEST_MODE=development AIRCALL_INGEST_QUEUE__PREFIX=$PREFIX AIRCALL_INGEST_REDIS_KEY_PREFIX=$PREFIX $bin status"
 echo "[demo] Ctrl-C stops everything."
 wait

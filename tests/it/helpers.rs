@@ -179,3 +179,197 @@ impl Receiver {
         self.events().iter().filter(|r| r.event() == event).count()
     }
 }
+
+/// The real RabbitMQ and Redis of the test machine.
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Settings of a service under test: its own Redis prefix and queue names, one short retry
+/// queue, development secrets.
+pub fn service_settings(test: &str) -> Settings {
+    let mut s = settings(test, &Url::parse("http://127.0.0.1:9/").unwrap());
+    s.queue.prefix = format!("test-{test}-{:08x}", fastrand::u32(..));
+    s.queue.retry_delays_ms = vec![1_000];
+    s.serve.workers = 1;
+    s.serve.shutdown_timeout_ms = 1_000;
+    s.intake.spool_drain_interval_ms = 100;
+    s
+}
+
+/// A `serve` role running in the test on port 0, with its broker supervisor and drainer.
+pub struct TestApp {
+    pub url: String,
+    pub ctx: aircall_ingest::app::Context,
+    pub cancel: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings) -> TestApp {
+        if std::env::var_os("TEST_LOG").is_some() {
+            aircall_ingest::telemetry::init(&settings.log);
+        }
+        let ctx = aircall_ingest::app::Context::new(settings).unwrap();
+        // Connect first when the broker is reachable, so tests start from a declared topology.
+        let _ = ctx.broker.connect().await;
+        let cancel = CancellationToken::new();
+        ctx.start_background(&cancel);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = ctx.serve(listener, &cancel).unwrap();
+        TestApp {
+            url: format!("http://{}", server.addr),
+            ctx,
+            cancel,
+        }
+    }
+
+    /// Stores a connection whose webhook token is `token`, as connecting would.
+    pub async fn add_connection(&self, id: &str, token: &str) {
+        use aircall_ingest::connections::{ConnectionId, ConnectionRecord, ConnectionStatus};
+        let id = ConnectionId::parse(id).unwrap();
+        let record = ConnectionRecord {
+            api_token_sealed: self
+                .ctx
+                .keys
+                .encrypt(&SecretString::from("api-token"), id.as_str()),
+            webhook_token_fingerprint: self.ctx.keys.fingerprint(token),
+            id,
+            api_id: "api-id".into(),
+            webhook_id: "webhook-id".into(),
+            status: ConnectionStatus::Active,
+            created_at_ms: 0,
+        };
+        assert!(self.ctx.connections.create(&record).await.unwrap());
+    }
+
+    pub async fn post(&self, connection: &str, body: &serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/webhooks/aircall/{connection}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Takes every message waiting in the import queue (through the real broker).
+    pub async fn take_jobs(&self) -> Vec<aircall_ingest::queue::Message> {
+        let queue = self.ctx.broker.names().import.clone();
+        take_messages(&queue).await
+    }
+
+    pub async fn spool_depth(&self) -> u64 {
+        self.ctx.spool.depth().await.unwrap()
+    }
+
+    /// Stops the app and removes its queues and Redis keys.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let names = self.ctx.broker.names().clone();
+        let amqp = amqp().await;
+        let mut queues = vec![names.import, names.dead];
+        queues.extend(names.retries);
+        for queue in queues {
+            let _ = amqp
+                .channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = amqp
+            .channel
+            .exchange_delete(names.events.as_str().into(), Default::default())
+            .await;
+        amqp.close().await;
+        let mut redis = redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.ctx.settings.redis_key_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut redis)
+                .await
+                .unwrap_or(());
+        }
+    }
+}
+
+/// A connection to the real broker, for tests to look at queues. Close it when done.
+pub struct Amqp {
+    pub connection: lapin::Connection,
+    pub channel: lapin::Channel,
+}
+
+impl Amqp {
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+pub async fn amqp() -> Amqp {
+    let connection = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    Amqp {
+        connection,
+        channel,
+    }
+}
+
+/// Takes (and acknowledges) every message waiting in `queue`.
+pub async fn take_messages(queue: &str) -> Vec<aircall_ingest::queue::Message> {
+    let amqp = amqp().await;
+    let mut messages = Vec::new();
+    while let Some(delivery) = amqp
+        .channel
+        .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        messages.push(aircall_ingest::queue::Message::decode(&delivery.data).unwrap());
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    amqp.close().await;
+    messages
+}
+
+/// Messages waiting in `queue`, without taking them.
+pub async fn queue_depth(queue: &str) -> u32 {
+    let amqp = amqp().await;
+    let declared = amqp
+        .channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    amqp.close().await;
+    declared.message_count()
+}
+
+/// An async version of [`eventually`].
+pub async fn eventually_async<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -5,5 +5,7 @@
 mod client;
 mod config;
 mod helpers;
+mod intake;
+mod proxy;
 mod rate_limit;
 mod simulator;

@@ -1,0 +1,355 @@
+//! Connections: one customer account's Aircall company, as stored in Redis.
+//!
+//! A connection holds the API ID, the API token **encrypted** (AES-256-GCM), the id of the webhook
+//! registered on Aircall and only the **fingerprint** of that webhook's token. Neither secret is
+//! ever stored or logged in clear.
+//!
+//! Keys: `{prefix}:connection:{id}` (hash) and `{prefix}:connections` (set of ids).
+
+mod connect;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+pub use connect::{ConnectError, ConnectRequest, connect, webhook_url};
+
+/// A connection id: 1 to 64 of `a-z`, `0-9`, `_`, `-` (it appears in URLs and Redis keys).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConnectionId(String);
+
+/// A connection id that breaks the rule.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("a connection id is 1 to 64 characters among a-z, 0-9, `_` and `-`")]
+pub struct InvalidConnectionId;
+
+impl ConnectionId {
+    pub fn parse(text: &str) -> Result<Self, InvalidConnectionId> {
+        let valid = (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(text.to_string()))
+        } else {
+            Err(InvalidConnectionId)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ConnectionId {
+    type Error = InvalidConnectionId;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
+}
+
+impl From<ConnectionId> for String {
+    fn from(id: ConnectionId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Connected and importing.
+    Active,
+    /// Connected, but the first import waits for a list of paying users.
+    WaitingForUsers,
+    /// Aircall refuses the stored credentials.
+    InvalidCredentials,
+    /// Aircall deactivated the webhook and it could not be re-activated.
+    WebhookDisabled,
+}
+
+impl ConnectionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::WaitingForUsers => "waiting_for_users",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::WebhookDisabled => "webhook_disabled",
+        }
+    }
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "active" => Self::Active,
+            "waiting_for_users" => Self::WaitingForUsers,
+            "invalid_credentials" => Self::InvalidCredentials,
+            "webhook_disabled" => Self::WebhookDisabled,
+            _ => return None,
+        })
+    }
+}
+
+/// A stored connection. The sealed token and the fingerprint are not secrets by themselves, but
+/// still stay out of `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct ConnectionRecord {
+    pub id: ConnectionId,
+    pub api_id: String,
+    /// The API token, encrypted with [`crate::crypto::Keys::encrypt`] for this connection id.
+    pub api_token_sealed: String,
+    pub webhook_id: String,
+    /// HMAC-SHA256 fingerprint of the webhook token.
+    pub webhook_token_fingerprint: [u8; 32],
+    pub status: ConnectionStatus,
+    pub created_at_ms: i64,
+}
+
+impl fmt::Debug for ConnectionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionRecord")
+            .field("id", &self.id)
+            .field("api_id", &self.api_id)
+            .field("webhook_id", &self.webhook_id)
+            .field("status", &self.status)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Cached {
+    fingerprint: [u8; 32],
+    read_at: Instant,
+}
+
+/// Creates a connection's hash and indexes it, unless it exists. KEYS: hash, index set.
+/// ARGV: id, then field/value pairs. Returns 1 when created, 0 when the id was taken.
+const CREATE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+";
+
+/// The connections in Redis, with a small in-process cache of webhook fingerprints for the
+/// webhook endpoint (hit on every webhook).
+#[derive(Clone)]
+pub struct ConnectionStore {
+    redis: ConnectionManager,
+    prefix: String,
+    /// Fingerprints of existing connections and when they were read (unknown ids are not kept,
+    /// so probes of random ids cannot grow it).
+    fingerprints: Arc<RwLock<HashMap<String, Cached>>>,
+    cache_ttl: Duration,
+}
+
+impl fmt::Debug for ConnectionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionStore {
+    pub fn new(redis: ConnectionManager, key_prefix: &str, cache_ttl: Duration) -> Self {
+        Self {
+            redis,
+            prefix: key_prefix.to_string(),
+            fingerprints: Arc::default(),
+            cache_ttl,
+        }
+    }
+
+    fn key(&self, id: &ConnectionId) -> String {
+        format!("{}:connection:{id}", self.prefix)
+    }
+
+    fn index_key(&self) -> String {
+        format!("{}:connections", self.prefix)
+    }
+
+    /// Stores a new connection; `false` when the id is already taken.
+    pub async fn create(&self, record: &ConnectionRecord) -> Result<bool, redis::RedisError> {
+        let fields = [
+            ("api_id", record.api_id.clone()),
+            ("api_token_sealed", record.api_token_sealed.clone()),
+            ("webhook_id", record.webhook_id.clone()),
+            (
+                "webhook_token_fingerprint",
+                hex::encode(record.webhook_token_fingerprint),
+            ),
+            ("status", record.status.as_str().to_string()),
+            ("created_at_ms", record.created_at_ms.to_string()),
+        ];
+        let create = redis::Script::new(CREATE_LUA);
+        let mut script = create.key(self.key(&record.id));
+        script.key(self.index_key()).arg(record.id.as_str());
+        for (field, value) in &fields {
+            script.arg(*field).arg(value);
+        }
+        let created: i64 = script.invoke_async(&mut self.redis.clone()).await?;
+        self.forget(&record.id);
+        Ok(created == 1)
+    }
+
+    pub async fn get(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<ConnectionRecord>, redis::RedisError> {
+        let fields: HashMap<String, String> = self.redis.clone().hgetall(self.key(id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        Ok(Some(ConnectionRecord {
+            id: id.clone(),
+            api_id: text("api_id"),
+            api_token_sealed: text("api_token_sealed"),
+            webhook_id: text("webhook_id"),
+            webhook_token_fingerprint: parse_fingerprint(&text("webhook_token_fingerprint"))
+                .unwrap_or([0; 32]),
+            status: ConnectionStatus::parse(&text("status")).unwrap_or(ConnectionStatus::Active),
+            created_at_ms: text("created_at_ms").parse().unwrap_or(0),
+        }))
+    }
+
+    /// Every connection id.
+    pub async fn ids(&self) -> Result<Vec<ConnectionId>, redis::RedisError> {
+        let ids: Vec<String> = self.redis.clone().smembers(self.index_key()).await?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| ConnectionId::parse(&id).ok())
+            .collect())
+    }
+
+    /// Removes a connection's record (and with it its credentials).
+    pub async fn delete(&self, id: &ConnectionId) -> Result<(), redis::RedisError> {
+        redis::pipe()
+            .atomic()
+            .del(self.key(id))
+            .ignore()
+            .srem(self.index_key(), id.as_str())
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        self.forget(id);
+        Ok(())
+    }
+
+    pub async fn set_status(
+        &self,
+        id: &ConnectionId,
+        status: ConnectionStatus,
+    ) -> Result<(), redis::RedisError> {
+        // HSET only on an existing hash, so a status never resurrects a deleted connection.
+        redis::Script::new("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'status', ARGV[1]) end return 0")
+            .key(self.key(id))
+            .arg(status.as_str())
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(drop)
+    }
+
+    /// The webhook-token fingerprint of a connection; `None` for an unknown connection.
+    ///
+    /// Served from memory for `cache_ttl`; when Redis cannot answer, a stale entry still
+    /// answers, so known connections keep their webhooks flowing through a Redis outage.
+    pub async fn webhook_fingerprint(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<[u8; 32]>, redis::RedisError> {
+        let cached = self
+            .fingerprints
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id.as_str())
+            .copied();
+        if let Some(cached) = cached
+            && cached.read_at.elapsed() < self.cache_ttl
+        {
+            return Ok(Some(cached.fingerprint));
+        }
+        let fetched: Result<Option<String>, _> = self
+            .redis
+            .clone()
+            .hget(self.key(id), "webhook_token_fingerprint")
+            .await;
+        match fetched {
+            Ok(text) => {
+                let fingerprint = text.as_deref().and_then(parse_fingerprint);
+                let mut cache = self
+                    .fingerprints
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match fingerprint {
+                    Some(fingerprint) => {
+                        cache.insert(
+                            id.as_str().to_string(),
+                            Cached {
+                                fingerprint,
+                                read_at: Instant::now(),
+                            },
+                        );
+                    }
+                    None => {
+                        cache.remove(id.as_str());
+                    }
+                }
+                Ok(fingerprint)
+            }
+            Err(e) => cached.map(|c| Some(c.fingerprint)).ok_or(e),
+        }
+    }
+
+    fn forget(&self, id: &ConnectionId) {
+        self.fingerprints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id.as_str());
+    }
+}
+
+fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(text).ok()?;
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_follow_the_rule() {
+        for good in ["acme", "a", "acme-eu_2", &"x".repeat(64)] {
+            assert!(ConnectionId::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "acme corp",
+            "a/b",
+            "é",
+            &"x".repeat(65),
+            "../x",
+            "a:b",
+            "{a}",
+        ] {
+            assert!(ConnectionId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The webhook endpoint: `POST /webhooks/aircall/{connection}`.
+//!
+//! A `200` always means the job is durably held: confirmed by RabbitMQ (`queued`), or written to
+//! the Redis spool while RabbitMQ cannot confirm in time (`spooled`). Events this service does not
+//! handle are answered `ignored` so Aircall does not retry them. Everything refused gets a JSON
+//! error with a stable code and nothing is queued. Every answer comes within about
+//! `broker_confirm_timeout_ms + redis_timeout_ms`, far inside Aircall's 5 s.
+//!
+//! This module never logs a token, and never blocks on a broker it knows is down.
+
+pub mod envelope;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use bytes::BytesMut;
+use futures_util::StreamExt as _;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::aircall::models::HANDLED_EVENTS;
+use crate::config::IntakeSettings;
+use crate::connections::{ConnectionId, ConnectionStore};
+use crate::crypto::Keys;
+use crate::queue::message::new_job_id;
+use crate::queue::{Broker, IMPORT_JOB_VERSION, ImportJob, Message, Spool, Trigger};
+use crate::web::ApiError;
+use envelope::EnvelopeError;
+
+/// What the webhook endpoint needs.
+#[derive(Clone)]
+pub struct Intake {
+    pub connections: ConnectionStore,
+    pub keys: Arc<Keys>,
+    pub broker: Broker,
+    pub spool: Spool,
+    pub redis: ConnectionManager,
+    pub settings: IntakeSettings,
+    /// Prefix of the redelivery markers.
+    pub key_prefix: String,
+}
+
+/// How an accepted webhook was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Confirmed by RabbitMQ.
+    Queued,
+    /// Held in the Redis spool; the drainer will move it to RabbitMQ.
+    Spooled,
+    /// An event this service does not import from.
+    Ignored,
+    /// The same (connection, event, call) was accepted moments ago.
+    Duplicate,
+}
+
+impl Accepted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Spooled => "spooled",
+            Self::Ignored => "ignored",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/webhooks/aircall/{connection}", web::post().to(receive));
+}
+
+/// What one request turned into, for the log line.
+#[derive(Default)]
+struct Trace {
+    event: Option<String>,
+    call_id: Option<u64>,
+}
+
+async fn receive(
+    intake: web::Data<Intake>,
+    connection: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(new_job_id, str::to_string);
+    let mut trace = Trace::default();
+    let outcome = intake
+        .handle(&connection, &req, payload, &request_id, &mut trace)
+        .await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    let connection = connection.as_str();
+    match outcome {
+        Ok(accepted) => {
+            info!(
+                connection,
+                event = trace.event.as_deref(),
+                call_id = trace.call_id,
+                outcome = accepted.as_str(),
+                latency_us,
+                request_id,
+                "webhook accepted"
+            );
+            HttpResponse::Ok().json(json!({ "status": accepted.as_str() }))
+        }
+        Err(error) => {
+            if error.status.is_server_error() || error.status == StatusCode::UNAUTHORIZED {
+                warn!(
+                    connection,
+                    event = trace.event.as_deref(),
+                    call_id = trace.call_id,
+                    outcome = error.code,
+                    status = error.status.as_u16(),
+                    latency_us,
+                    request_id,
+                    "webhook refused"
+                );
+            } else {
+                info!(
+                    connection,
+                    event = trace.event.as_deref(),
+                    call_id = trace.call_id,
+                    outcome = error.code,
+                    status = error.status.as_u16(),
+                    latency_us,
+                    request_id,
+                    "webhook refused"
+                );
+            }
+            error.error_response()
+        }
+    }
+}
+
+fn from_envelope(e: EnvelopeError) -> ApiError {
+    let code = match e {
+        EnvelopeError::InvalidJson(_) => "invalid_json",
+        EnvelopeError::NotAnEnvelope(_) => "not_an_envelope",
+        EnvelopeError::InvalidCallId(_) => "invalid_call_id",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+impl Intake {
+    async fn handle(
+        &self,
+        connection: &str,
+        req: &HttpRequest,
+        payload: web::Payload,
+        request_id: &str,
+        trace: &mut Trace,
+    ) -> Result<Accepted, ApiError> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the webhook as application/json",
+            ));
+        }
+        let unknown = || ApiError::not_found("unknown_connection", "no connection has this id");
+        let id = ConnectionId::parse(connection).map_err(|_| unknown())?;
+        let body = self.read_body(req, payload).await?;
+        let fingerprint = match self.connections.webhook_fingerprint(&id).await {
+            Ok(Some(fingerprint)) => fingerprint,
+            Ok(None) => return Err(unknown()),
+            Err(e) => {
+                warn!(error = %e, "cannot look up a connection: Redis is unavailable");
+                return Err(self.unavailable());
+            }
+        };
+        let body = envelope::parse(&body).map_err(from_envelope)?;
+        let token = body.token().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "the body carries no token",
+            )
+        })?;
+        if !self.keys.token_matches(&token, &fingerprint) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not this connection's webhook token",
+            ));
+        }
+        let envelope = body.envelope().map_err(from_envelope)?;
+        trace.event = Some(envelope.event.to_string());
+        if !HANDLED_EVENTS.contains(&envelope.event.as_ref()) {
+            return Ok(Accepted::Ignored);
+        }
+        let call_id = envelope.call_id().map_err(from_envelope)?;
+        trace.call_id = Some(call_id.0);
+        let marker = format!(
+            "{}:intake:seen:{{{id}}}:{}:{call_id}",
+            self.key_prefix, envelope.event
+        );
+        if self.first_sighting(&marker).await == Some(false) {
+            return Ok(Accepted::Duplicate);
+        }
+        let message = Message::ImportCall(ImportJob {
+            version: IMPORT_JOB_VERSION,
+            job_id: new_job_id(),
+            connection_id: id.to_string(),
+            call_id,
+            trigger: Trigger::Webhook,
+            snapshot: envelope.snapshot(),
+            event: Some(envelope.event.into_owned()),
+            event_at: envelope.timestamp,
+            received_at_ms: time::OffsetDateTime::now_utc()
+                .unix_timestamp_nanos()
+                .div_euclid(1_000_000) as i64,
+            request_id: Some(request_id.to_string()),
+        });
+        let body = message.encode();
+        match self
+            .broker
+            .publish_bytes(&message, &body, self.settings.broker_confirm_timeout())
+            .await
+        {
+            Ok(()) => return Ok(Accepted::Queued),
+            Err(e) => warn!(error = %e, "RabbitMQ did not confirm a job; spooling it"),
+        }
+        match self.spool.push(&body).await {
+            Ok(()) => Ok(Accepted::Spooled),
+            Err(e) => {
+                warn!(error = %e, "cannot spool a job either: Redis is unavailable");
+                self.forget(&marker).await;
+                Err(self.unavailable())
+            }
+        }
+    }
+
+    fn unavailable(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the webhook cannot be stored right now; retry later",
+        )
+        .retry_after(self.settings.retry_after_s)
+    }
+
+    /// The body, refused with 413 past the limit (by its announced length, or while reading).
+    async fn read_body(
+        &self,
+        req: &HttpRequest,
+        mut payload: web::Payload,
+    ) -> Result<BytesMut, ApiError> {
+        let limit = self.settings.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is over {limit} bytes"),
+            )
+        };
+        let announced = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if announced.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = BytesMut::with_capacity(announced.unwrap_or(4096).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::bad_request("incomplete_body", "the body could not be read to its end")
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Records that this (connection, event, call) was accepted. `Some(false)` when it already
+    /// was, moments ago; `None` when Redis cannot tell: fail open, the worker is idempotent.
+    async fn first_sighting(&self, marker: &str) -> Option<bool> {
+        let ttl = self.settings.dedupe_ttl();
+        if ttl.is_zero() {
+            return Some(true);
+        }
+        let set: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(marker)
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.redis.clone())
+            .await;
+        set.ok().map(|reply| reply.is_some())
+    }
+
+    /// Forgets a marker of a webhook that could not be stored, so Aircall's retry is accepted.
+    async fn forget(&self, marker: &str) {
+        let _: Result<(), _> = tokio::time::timeout(Duration::from_millis(200), async {
+            redis::cmd("DEL")
+                .arg(marker)
+                .query_async::<()>(&mut self.redis.clone())
+                .await
+        })
+        .await
+        .unwrap_or(Ok(()));
+    }
+}

@@ -1,0 +1,142 @@
+//! The RabbitMQ topology every role relies on, declared idempotently by whichever role connects
+//! first (a declaration with the same arguments is a no-op; different arguments are refused by
+//! RabbitMQ with PRECONDITION_FAILED, which stops the process with the queue's name).
+//!
+//! ```text
+//!  publish (default exchange) ──▶ {p}.import ──▶ workers
+//!                                    ▲   │ attempt failed: published to the next retry queue
+//!          TTL expires, dead-lettered │   ▼
+//!                       {p}.import.retry.1 … .N  (one per delay)
+//!  attempts used up, or delivery limit hit ──▶ {p}.import.dead  (inspect, replay)
+//!  call stored ──▶ {p}.events (topic exchange) ──▶ downstream consumers' queues
+//! ```
+
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::QueueSettings;
+
+/// Routing key of `call.imported` events on the events exchange.
+pub const CALL_IMPORTED: &str = "call.imported";
+
+/// Names of the exchanges and queues, derived from `queue.prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    /// Import jobs, consumed by workers.
+    pub import: String,
+    /// One delay queue per retry, in order.
+    pub retries: Vec<String>,
+    /// Jobs that used up their attempts.
+    pub dead: String,
+    /// Topic exchange of `call.imported` events.
+    pub events: String,
+}
+
+impl QueueNames {
+    pub fn new(settings: &QueueSettings) -> Self {
+        let p = &settings.prefix;
+        Self {
+            import: format!("{p}.import"),
+            retries: (1..=settings.retry_delays_ms.len())
+                .map(|n| format!("{p}.import.retry.{n}"))
+                .collect(),
+            dead: format!("{p}.import.dead"),
+            events: format!("{p}.events"),
+        }
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+fn arguments(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(ShortString::from(key), value);
+    }
+    table
+}
+
+/// Declares every exchange and queue; safe to call from every process at every start.
+pub async fn declare(
+    channel: &Channel,
+    names: &QueueNames,
+    settings: &QueueSettings,
+) -> Result<(), lapin::Error> {
+    // Durable: the definitions survive a broker restart (the messages survive because they are
+    // persistent and quorum queues write them to disk on every node).
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+
+    // The dead-letter queue: a quorum queue, so dead letters are replicated like everything else.
+    channel
+        .queue_declare(
+            names.dead.as_str().into(),
+            durable,
+            arguments(vec![("x-queue-type", text("quorum"))]),
+        )
+        .await?;
+
+    // The import queue.
+    // - quorum: replicated, and confirms mean "on disk on a majority", which is what a 200 to
+    //   Aircall promises;
+    // - x-delivery-limit: a message redelivered this many times (a job that kills its worker)
+    //   is dead-lettered instead of looping forever;
+    // - dead-lettering "at-least-once" (needs x-overflow reject-publish): RabbitMQ keeps the
+    //   message until the dead-letter queue confirmed it, so poison messages are never lost.
+    channel
+        .queue_declare(
+            names.import.as_str().into(),
+            durable,
+            arguments(vec![
+                ("x-queue-type", text("quorum")),
+                (
+                    "x-delivery-limit",
+                    AMQPValue::LongUInt(settings.delivery_limit),
+                ),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text(&names.dead)),
+                ("x-dead-letter-strategy", text("at-least-once")),
+                ("x-overflow", text("reject-publish")),
+            ]),
+        )
+        .await?;
+
+    // One delay queue per retry. No consumer: a message waits its TTL, then RabbitMQ
+    // dead-letters it back to the import queue (at least once, as above).
+    for (name, delay_ms) in names.retries.iter().zip(&settings.retry_delays_ms) {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                durable,
+                arguments(vec![
+                    ("x-queue-type", text("quorum")),
+                    ("x-message-ttl", AMQPValue::LongLongInt(*delay_ms as i64)),
+                    ("x-dead-letter-exchange", text("")),
+                    ("x-dead-letter-routing-key", text(&names.import)),
+                    ("x-dead-letter-strategy", text("at-least-once")),
+                    ("x-overflow", text("reject-publish")),
+                ]),
+            )
+            .await?;
+    }
+
+    // Events for downstream consumers: a durable topic exchange; each consumer binds its own
+    // queue (e.g. to `call.imported`), so this service never needs to know who listens.
+    channel
+        .exchange_declare(
+            names.events.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}

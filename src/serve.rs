@@ -1,0 +1,107 @@
+//! The `serve` role's HTTP server: the webhook endpoint, liveness and readiness. Built on a
+//! listener the caller bound, so tests run it on port 0; stopped gracefully (in-flight requests
+//! finish) when the process's cancellation token fires.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::intake::{self, Intake};
+use crate::queue::Broker;
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    pub redis: ConnectionManager,
+    pub broker: Broker,
+}
+
+/// A running HTTP server.
+pub struct HttpServerHandle {
+    pub addr: SocketAddr,
+    stopped: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServerHandle {
+    /// Waits until the server stopped (after the cancellation token fired).
+    pub async fn stopped(self) {
+        let _ = self.stopped.await;
+    }
+}
+
+/// Starts serving on `listener` with `workers` threads; stops when `cancel` fires, giving
+/// in-flight requests `shutdown` to finish.
+pub fn start(
+    listener: TcpListener,
+    intake: Intake,
+    readiness: Readiness,
+    workers: usize,
+    shutdown: Duration,
+    cancel: CancellationToken,
+) -> anyhow::Result<HttpServerHandle> {
+    listener
+        .set_nonblocking(true)
+        .context("cannot configure the HTTP socket")?;
+    let addr = listener
+        .local_addr()
+        .context("the HTTP socket has no address")?;
+    let intake = web::Data::new(intake);
+    let readiness = web::Data::new(readiness);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(intake.clone())
+            .app_data(readiness.clone())
+            .configure(intake::routes)
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .default_service(web::to(crate::web::not_found))
+    })
+    .workers(workers.max(1))
+    // Signals reach the process's cancellation token, which stops this server below.
+    .disable_signals()
+    .shutdown_timeout(shutdown.as_secs().max(1))
+    .listen(listener)
+    .context("cannot serve HTTP")?
+    .run();
+    let handle = server.handle();
+    let running = tokio::spawn(server);
+    let stopped = tokio::spawn(async move {
+        cancel.cancelled().await;
+        handle.stop(true).await;
+        let _ = running.await;
+    });
+    Ok(HttpServerHandle { addr, stopped })
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Readiness: Redis answers a PING and RabbitMQ is connected.
+async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
+    let ping = tokio::time::timeout(Duration::from_secs(1), async {
+        redis::cmd("PING")
+            .query_async::<String>(&mut readiness.redis.clone())
+            .await
+    })
+    .await;
+    let redis_up = matches!(ping, Ok(Ok(_)));
+    let broker_up = readiness.broker.is_connected();
+    let state = |up: bool| if up { "up" } else { "down" };
+    let body = json!({
+        "status": if redis_up && broker_up { "ready" } else { "not_ready" },
+        "redis": state(redis_up),
+        "rabbitmq": state(broker_up),
+    });
+    if redis_up && broker_up {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
