@@ -383,8 +383,13 @@ async fn a_huge_recording_streams_without_costing_the_simulator_memory() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}/");
     let client = http();
-    let ready = eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    // Ready once its demo company exists (it binds its port a moment before).
+    let ready = crate::helpers::eventually_async(Duration::from_secs(10), || async {
+        client
+            .get(format!("{base}_sim/companies/1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
     assert!(ready, "the simulator did not start");
