@@ -180,9 +180,20 @@ impl Broker {
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures: u32 = 0;
         loop {
-            let alive = self.current().is_some_and(|link| link.alive());
-            let pause = if alive {
+            let link = self.current().filter(Link::alive);
+            let pause = if let Some(link) = link {
                 failures = 0;
+                // The connection lives but the broker closed the publishing channel (a
+                // channel-level error): open a new one, or publishing would never resume.
+                let channel = link.publisher.status();
+                if !(channel.connected() || channel.reconnecting() || channel.initializing()) {
+                    match self.reopen_publisher(&link).await {
+                        Ok(()) => info!("reopened the RabbitMQ publishing channel"),
+                        Err(e) => {
+                            warn!(error = %e, "cannot reopen the RabbitMQ publishing channel")
+                        }
+                    }
+                }
                 Duration::from_secs(1)
             } else {
                 match self.connect().await {
@@ -213,6 +224,23 @@ impl Broker {
         if let Some(link) = link {
             let _ = link.connection.close(200, "shutting down".into()).await;
         }
+    }
+
+    async fn reopen_publisher(&self, link: &Link) -> Result<(), lapin::Error> {
+        let publisher = link.connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let fresh = Link {
+            connection: link.connection.clone(),
+            publisher,
+        };
+        *self
+            .inner
+            .link
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh);
+        Ok(())
     }
 
     /// Publishes `message` to the import queue and waits for RabbitMQ's confirm, at most

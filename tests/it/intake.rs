@@ -678,3 +678,48 @@ async fn connecting_with_bad_credentials_leaves_nothing_behind() {
     assert!(sim.state.webhooks(company.id).unwrap().is_empty());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishing_channel_closed_by_the_broker_is_reopened() {
+    let app = app("channel").await;
+    let message = Message::ImportCall(aircall_ingest::queue::ImportJob {
+        version: aircall_ingest::queue::IMPORT_JOB_VERSION,
+        job_id: "x".into(),
+        connection_id: "acme".into(),
+        call_id: CallId(1),
+        trigger: Trigger::Manual,
+        event: None,
+        snapshot: None,
+        event_at: None,
+        received_at_ms: 0,
+        request_id: None,
+    });
+
+    // Publishing to an exchange that does not exist makes RabbitMQ close the channel.
+    let broken = app
+        .ctx
+        .broker
+        .publish_to(
+            "no-such-exchange",
+            "x",
+            &message,
+            b"{}",
+            Duration::from_secs(2),
+        )
+        .await;
+
+    assert!(broken.is_err());
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            app.post("acme", &call_ended(fastrand::u64(1..1 << 40), TOKEN))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+                == json!({"status": "queued"})
+        })
+        .await,
+        "intake publishes again without a restart"
+    );
+    app.stop().await;
+}
