@@ -172,15 +172,54 @@ async fn run_serve(
         None => ctx.settings.serve.listen.parse().context("serve.listen")?,
     };
     let listener = TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
-    let background = ctx.start_background(&cancel);
+    check_redis_durability(&ctx).await;
+    // The broker and the drainer outlive the HTTP server, so requests in flight at shutdown
+    // still publish instead of being spooled.
+    let background_cancel = CancellationToken::new();
+    let background = ctx.start_background(&background_cancel);
     let server = ctx.serve(listener, &cancel)?;
     info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}");
     server.stopped().await;
+    background_cancel.cancel();
     for task in background {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A 200 to Aircall promises the spool survives a Redis restart and never gets evicted: say so
+/// when the Redis in use does not look like it.
+async fn check_redis_durability(ctx: &Context) {
+    async fn setting(redis: &ConnectionManager, name: &str) -> Option<String> {
+        let pair: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut redis.clone())
+            .await;
+        pair.ok().and_then(|p| p.get(1).cloned())
+    }
+    let appendonly = setting(&ctx.redis, "appendonly").await;
+    let policy = setting(&ctx.redis, "maxmemory-policy").await;
+    let production = ctx.settings.mode == crate::config::Mode::Production;
+    match (appendonly.as_deref(), policy.as_deref()) {
+        (Some("yes"), Some("noeviction")) => {}
+        (None, _) | (_, None) => {
+            info!(
+                "cannot read Redis's persistence settings (CONFIG may be disabled); the spool needs appendonly and noeviction"
+            )
+        }
+        (appendonly, policy) if production => warn!(
+            appendonly,
+            maxmemory_policy = policy,
+            "Redis may lose spooled webhooks: run it with appendonly yes and maxmemory-policy noeviction"
+        ),
+        (appendonly, policy) => info!(
+            appendonly,
+            maxmemory_policy = policy,
+            "Redis keeps nothing across restarts (fine for development)"
+        ),
+    }
 }
 
 /// Connects an Aircall company from the command line: checks the credentials, registers the

@@ -104,8 +104,11 @@ pub struct IntakeSettings {
     /// Largest webhook body accepted, in bytes (Aircall's are a few KiB).
     pub max_body_bytes: usize,
     /// How long a webhook waits for RabbitMQ to confirm its job before the job goes to the
-    /// Redis spool instead, in milliseconds. Keeps every answer far inside Aircall's 5 s.
+    /// Redis spool instead, in milliseconds.
     pub broker_confirm_timeout_ms: u64,
+    /// The most one webhook answer may take, every step included, in milliseconds; each step
+    /// gets what is left. Aircall gives up after 5 s.
+    pub answer_budget_ms: u64,
     /// How long an accepted (connection, event, call) is remembered to shed Aircall's obvious
     /// redeliveries, in milliseconds (0 turns it off). The worker is idempotent regardless.
     pub dedupe_ttl_ms: u64,
@@ -213,6 +216,7 @@ impl Default for IntakeSettings {
         Self {
             max_body_bytes: 256 * 1024,
             broker_confirm_timeout_ms: 1_000,
+            answer_budget_ms: 3_000,
             dedupe_ttl_ms: 10 * 60 * 1_000,
             connection_cache_ttl_ms: 10_000,
             spool_drain_interval_ms: 500,
@@ -225,6 +229,9 @@ impl Default for IntakeSettings {
 impl IntakeSettings {
     pub fn broker_confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.broker_confirm_timeout_ms)
+    }
+    pub fn answer_budget(&self) -> Duration {
+        Duration::from_millis(self.answer_budget_ms)
     }
     pub fn dedupe_ttl(&self) -> Duration {
         Duration::from_millis(self.dedupe_ttl_ms)
@@ -517,17 +524,15 @@ impl Settings {
             "queue.prefix",
             "must be 1 to 100 letters, digits, `-`, `_` or `.`".into(),
         );
+        let delays = &self.queue.retry_delays_ms;
         require(
             &mut p,
-            !self.queue.retry_delays_ms.is_empty()
-                && self.queue.retry_delays_ms.len() <= 20
-                && self
-                    .queue
-                    .retry_delays_ms
-                    .iter()
-                    .all(|d| (100..=86_400_000).contains(d)),
+            !delays.is_empty()
+                && delays.len() <= 20
+                && delays.iter().all(|d| (100..=86_400_000).contains(d))
+                && delays.windows(2).all(|w| w[0] < w[1]),
             "queue.retry_delays_ms",
-            "must list 1 to 20 delays, each from 100 ms to one day".into(),
+            "must list 1 to 20 growing delays, each from 100 ms to one day".into(),
         );
         let (i, q) = (&self.intake, &self.queue);
         let a = &self.aircall;
@@ -543,6 +548,12 @@ impl Settings {
                 "intake.broker_confirm_timeout_ms",
                 10,
                 4_000,
+            ),
+            (
+                i.answer_budget_ms,
+                "intake.answer_budget_ms",
+                i.broker_confirm_timeout_ms + 200,
+                4_500,
             ),
             (i.dedupe_ttl_ms, "intake.dedupe_ttl_ms", 0, 7 * 86_400_000),
             (

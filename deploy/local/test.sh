@@ -6,3 +6,5 @@ cd "$(dirname "$0")/../.."
 
 deploy/local/services.sh
 cargo test --locked "$@"
+# Then, alone, the tests that stop the real RabbitMQ (they would disturb the others).
+cargo test --locked --test it -- --ignored --test-threads=1

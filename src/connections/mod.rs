@@ -126,6 +126,18 @@ impl fmt::Debug for ConnectionRecord {
     }
 }
 
+/// How long a stale cached fingerprint waits for Redis before answering as it is.
+const STALE_REFRESH_WAIT: Duration = Duration::from_millis(100);
+
+/// A fingerprint that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FingerprintError {
+    #[error("Redis is unavailable")]
+    Redis(#[source] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 #[derive(Clone, Copy)]
 struct Cached {
     fingerprint: [u8; 32],
@@ -267,30 +279,36 @@ impl ConnectionStore {
 
     /// The webhook-token fingerprint of a connection; `None` for an unknown connection.
     ///
-    /// Served from memory for `cache_ttl`; when Redis cannot answer, a stale entry still
-    /// answers, so known connections keep their webhooks flowing through a Redis outage.
+    /// Served from memory for `cache_ttl`. A stale entry is refreshed with a short wait, and
+    /// still answers when Redis does not, so known connections keep their webhooks flowing
+    /// through a slow or unreachable Redis. An id never seen waits at most `wait` for Redis.
     pub async fn webhook_fingerprint(
         &self,
         id: &ConnectionId,
-    ) -> Result<Option<[u8; 32]>, redis::RedisError> {
+        wait: Duration,
+    ) -> Result<Option<[u8; 32]>, FingerprintError> {
         let cached = self
             .fingerprints
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id.as_str())
             .copied();
-        if let Some(cached) = cached
-            && cached.read_at.elapsed() < self.cache_ttl
-        {
-            return Ok(Some(cached.fingerprint));
-        }
-        let fetched: Result<Option<String>, _> = self
-            .redis
-            .clone()
-            .hget(self.key(id), "webhook_token_fingerprint")
-            .await;
+        let wait = match cached {
+            Some(cached) if cached.read_at.elapsed() < self.cache_ttl => {
+                return Ok(Some(cached.fingerprint));
+            }
+            Some(_) => wait.min(STALE_REFRESH_WAIT),
+            None => wait,
+        };
+        let fetched = tokio::time::timeout(wait, async {
+            self.redis
+                .clone()
+                .hget::<_, _, Option<String>>(self.key(id), "webhook_token_fingerprint")
+                .await
+        })
+        .await;
         match fetched {
-            Ok(text) => {
+            Ok(Ok(text)) => {
                 let fingerprint = text.as_deref().and_then(parse_fingerprint);
                 let mut cache = self
                     .fingerprints
@@ -312,7 +330,12 @@ impl ConnectionStore {
                 }
                 Ok(fingerprint)
             }
-            Err(e) => cached.map(|c| Some(c.fingerprint)).ok_or(e),
+            Ok(Err(e)) => cached
+                .map(|c| Some(c.fingerprint))
+                .ok_or(FingerprintError::Redis(e)),
+            Err(_) => cached
+                .map(|c| Some(c.fingerprint))
+                .ok_or(FingerprintError::TimedOut(wait)),
         }
     }
 

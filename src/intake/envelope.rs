@@ -23,8 +23,9 @@ pub enum EnvelopeError {
     InvalidCallId(&'static str),
 }
 
-/// A webhook body whose JSON is valid and is an object: its fields, still raw.
-#[derive(Debug, Deserialize)]
+/// A webhook body whose JSON is valid and is an object: its fields, still raw. Its `Debug`
+/// leaves the token out.
+#[derive(Deserialize)]
 pub struct Body<'a> {
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
@@ -36,6 +37,15 @@ pub struct Body<'a> {
     timestamp: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+}
+
+impl std::fmt::Debug for Body<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("event", &self.event)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The envelope of a webhook: `{"resource","event","timestamp","token","data"}`.

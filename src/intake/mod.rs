@@ -3,8 +3,8 @@
 //! A `200` always means the job is durably held: confirmed by RabbitMQ (`queued`), or written to
 //! the Redis spool while RabbitMQ cannot confirm in time (`spooled`). Events this service does not
 //! handle are answered `ignored` so Aircall does not retry them. Everything refused gets a JSON
-//! error with a stable code and nothing is queued. Every answer comes within about
-//! `broker_confirm_timeout_ms + redis_timeout_ms`, far inside Aircall's 5 s.
+//! error with a stable code and nothing is queued. Every answer comes within
+//! `intake.answer_budget_ms` (3 s by default), inside Aircall's 5 s: each step gets what is left.
 //!
 //! This module never logs a token, and never blocks on a broker it knows is down.
 
@@ -69,8 +69,24 @@ impl Accepted {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/webhooks/aircall/{connection}", web::post().to(receive));
+    cfg.service(
+        web::resource("/webhooks/aircall/{connection}")
+            .route(web::post().to(receive))
+            .default_service(web::to(method_not_allowed)),
+    );
 }
+
+async fn method_not_allowed() -> HttpResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "webhooks are POSTed",
+    )
+    .error_response()
+}
+
+/// The most a redelivery-marker lookup may take: it is an optimisation that fails open.
+const MARKER_WAIT: Duration = Duration::from_millis(100);
 
 /// What one request turned into, for the log line.
 #[derive(Default)]
@@ -90,20 +106,23 @@ async fn receive(
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_job_id, str::to_string);
     let mut trace = Trace::default();
     let outcome = intake
-        .handle(&connection, &req, payload, &request_id, &mut trace)
+        .handle(&connection, &req, payload, &request_id, started, &mut trace)
         .await;
     let latency_us = started.elapsed().as_micros() as u64;
-    let connection = connection.as_str();
-    match outcome {
+    // The path is not trusted: log at most its first 64 characters.
+    let connection: String = connection.chars().take(64).collect();
+    let event = trace.event.as_deref();
+    let call_id = trace.call_id;
+    let mut response = match outcome {
         Ok(accepted) => {
             info!(
                 connection,
-                event = trace.event.as_deref(),
-                call_id = trace.call_id,
+                event,
+                call_id,
                 outcome = accepted.as_str(),
                 latency_us,
                 request_id,
@@ -112,13 +131,14 @@ async fn receive(
             HttpResponse::Ok().json(json!({ "status": accepted.as_str() }))
         }
         Err(error) => {
+            let status = error.status.as_u16();
             if error.status.is_server_error() || error.status == StatusCode::UNAUTHORIZED {
                 warn!(
                     connection,
-                    event = trace.event.as_deref(),
-                    call_id = trace.call_id,
+                    event,
+                    call_id,
                     outcome = error.code,
-                    status = error.status.as_u16(),
+                    status,
                     latency_us,
                     request_id,
                     "webhook refused"
@@ -126,10 +146,10 @@ async fn receive(
             } else {
                 info!(
                     connection,
-                    event = trace.event.as_deref(),
-                    call_id = trace.call_id,
+                    event,
+                    call_id,
                     outcome = error.code,
-                    status = error.status.as_u16(),
+                    status,
                     latency_us,
                     request_id,
                     "webhook refused"
@@ -137,7 +157,14 @@ async fn receive(
             }
             error.error_response()
         }
+    };
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+            value,
+        );
     }
+    response
 }
 
 fn from_envelope(e: EnvelopeError) -> ApiError {
@@ -156,8 +183,11 @@ impl Intake {
         req: &HttpRequest,
         payload: web::Payload,
         request_id: &str,
+        started: Instant,
         trace: &mut Trace,
     ) -> Result<Accepted, ApiError> {
+        let budget = self.settings.answer_budget();
+        let left = || budget.saturating_sub(started.elapsed());
         let is_json = req
             .headers()
             .get(CONTENT_TYPE)
@@ -174,11 +204,11 @@ impl Intake {
         let unknown = || ApiError::not_found("unknown_connection", "no connection has this id");
         let id = ConnectionId::parse(connection).map_err(|_| unknown())?;
         let body = self.read_body(req, payload).await?;
-        let fingerprint = match self.connections.webhook_fingerprint(&id).await {
+        let fingerprint = match self.connections.webhook_fingerprint(&id, left() / 2).await {
             Ok(Some(fingerprint)) => fingerprint,
             Ok(None) => return Err(unknown()),
             Err(e) => {
-                warn!(error = %e, "cannot look up a connection: Redis is unavailable");
+                warn!(error = %e, connection = %id, "cannot look up a connection");
                 return Err(self.unavailable());
             }
         };
@@ -208,7 +238,7 @@ impl Intake {
             "{}:intake:seen:{{{id}}}:{}:{call_id}",
             self.key_prefix, envelope.event
         );
-        if self.first_sighting(&marker).await == Some(false) {
+        if self.seen(&marker).await {
             return Ok(Accepted::Duplicate);
         }
         let message = Message::ImportCall(ImportJob {
@@ -226,22 +256,31 @@ impl Intake {
             request_id: Some(request_id.to_string()),
         });
         let body = message.encode();
-        match self
+        // Leave the spool half of what remains, should RabbitMQ not confirm.
+        let confirm_wait = self.settings.broker_confirm_timeout().min(left() / 2);
+        let accepted = match self
             .broker
-            .publish_bytes(&message, &body, self.settings.broker_confirm_timeout())
+            .publish_bytes((&message).into(), &body, confirm_wait)
             .await
         {
-            Ok(()) => return Ok(Accepted::Queued),
-            Err(e) => warn!(error = %e, "RabbitMQ did not confirm a job; spooling it"),
-        }
-        match self.spool.push(&body).await {
-            Ok(()) => Ok(Accepted::Spooled),
+            Ok(()) => Accepted::Queued,
             Err(e) => {
-                warn!(error = %e, "cannot spool a job either: Redis is unavailable");
-                self.forget(&marker).await;
-                Err(self.unavailable())
+                warn!(error = %e, connection = %id, call_id = call_id.0, "RabbitMQ did not confirm a job; spooling it");
+                match tokio::time::timeout(left(), self.spool.push(&body)).await {
+                    Ok(Ok(())) => Accepted::Spooled,
+                    failed => {
+                        let reason = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "Redis did not answer in time".to_string(),
+                        };
+                        warn!(error = reason, connection = %id, call_id = call_id.0, "cannot spool a job either");
+                        return Err(self.unavailable());
+                    }
+                }
             }
-        }
+        };
+        self.remember(marker);
+        Ok(accepted)
     }
 
     fn unavailable(&self) -> ApiError {
@@ -288,33 +327,39 @@ impl Intake {
         Ok(body)
     }
 
-    /// Records that this (connection, event, call) was accepted. `Some(false)` when it already
-    /// was, moments ago; `None` when Redis cannot tell: fail open, the worker is idempotent.
-    async fn first_sighting(&self, marker: &str) -> Option<bool> {
-        let ttl = self.settings.dedupe_ttl();
-        if ttl.is_zero() {
-            return Some(true);
+    /// Whether this (connection, event, call) was stored moments ago. Fails open: when Redis
+    /// cannot tell quickly, the webhook is handled (the worker is idempotent).
+    async fn seen(&self, marker: &str) -> bool {
+        if self.settings.dedupe_ttl().is_zero() {
+            return false;
         }
-        let set: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(marker)
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut self.redis.clone())
-            .await;
-        set.ok().map(|reply| reply.is_some())
-    }
-
-    /// Forgets a marker of a webhook that could not be stored, so Aircall's retry is accepted.
-    async fn forget(&self, marker: &str) {
-        let _: Result<(), _> = tokio::time::timeout(Duration::from_millis(200), async {
-            redis::cmd("DEL")
+        let exists = tokio::time::timeout(MARKER_WAIT, async {
+            redis::cmd("EXISTS")
                 .arg(marker)
-                .query_async::<()>(&mut self.redis.clone())
+                .query_async::<i64>(&mut self.redis.clone())
                 .await
         })
-        .await
-        .unwrap_or(Ok(()));
+        .await;
+        matches!(exists, Ok(Ok(1)))
+    }
+
+    /// Records a stored webhook, after it was stored and without delaying the answer: a marker
+    /// written before a crash between marking and storing would shed Aircall's retry of a job
+    /// nobody holds.
+    fn remember(&self, marker: String) {
+        let ttl = self.settings.dedupe_ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let mut redis = self.redis.clone();
+        tokio::spawn(async move {
+            let mut set = redis::cmd("SET");
+            set.arg(&marker)
+                .arg("1")
+                .arg("PX")
+                .arg(ttl.as_millis() as u64);
+            let _ = tokio::time::timeout(Duration::from_secs(1), set.query_async::<()>(&mut redis))
+                .await;
+        });
     }
 }

@@ -1,12 +1,15 @@
 //! The RabbitMQ topology every role relies on, declared idempotently by whichever role connects
-//! first (a declaration with the same arguments is a no-op; different arguments are refused by
-//! RabbitMQ with PRECONDITION_FAILED, which stops the process with the queue's name).
+//! first. A declaration with the same arguments is a no-op; different arguments are refused by
+//! RabbitMQ with PRECONDITION_FAILED, which the broker supervisor logs as an error naming the
+//! setting to check. Settings that are queue arguments are kept out of that trap where possible:
+//! retry queues are named by their delay, so changing `queue.retry_delays_ms` makes new queues
+//! (old ones empty themselves into the import queue as their messages expire).
 //!
 //! ```text
 //!  publish (default exchange) ──▶ {p}.import ──▶ workers
 //!                                    ▲   │ attempt failed: published to the next retry queue
 //!          TTL expires, dead-lettered │   ▼
-//!                       {p}.import.retry.1 … .N  (one per delay)
+//!                       {p}.import.retry.{delay}ms  (one per delay)
 //!  attempts used up, or delivery limit hit ──▶ {p}.import.dead  (inspect, replay)
 //!  call stored ──▶ {p}.events (topic exchange) ──▶ downstream consumers' queues
 //! ```
@@ -25,7 +28,7 @@ pub const CALL_IMPORTED: &str = "call.imported";
 pub struct QueueNames {
     /// Import jobs, consumed by workers.
     pub import: String,
-    /// One delay queue per retry, in order.
+    /// One delay queue per retry, in order, named by its delay.
     pub retries: Vec<String>,
     /// Jobs that used up their attempts.
     pub dead: String,
@@ -38,8 +41,10 @@ impl QueueNames {
         let p = &settings.prefix;
         Self {
             import: format!("{p}.import"),
-            retries: (1..=settings.retry_delays_ms.len())
-                .map(|n| format!("{p}.import.retry.{n}"))
+            retries: settings
+                .retry_delays_ms
+                .iter()
+                .map(|delay| format!("{p}.import.retry.{delay}ms"))
                 .collect(),
             dead: format!("{p}.import.dead"),
             events: format!("{p}.events"),
@@ -59,6 +64,56 @@ fn arguments(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
     table
 }
 
+/// Every queue of the topology with its arguments, in declaration order (the dead-letter queue
+/// before the queues that dead-letter into it).
+pub fn queues(names: &QueueNames, settings: &QueueSettings) -> Vec<(String, FieldTable)> {
+    let mut queues = Vec::new();
+    // The dead-letter queue: a quorum queue, so dead letters are replicated like everything else.
+    queues.push((
+        names.dead.clone(),
+        arguments(vec![("x-queue-type", text("quorum"))]),
+    ));
+
+    // The import queue.
+    // - quorum: replicated, and confirms mean "on disk on a majority", which is what a 200 to
+    //   Aircall promises;
+    // - x-delivery-limit: a message redelivered this many times (a job that kills its worker)
+    //   is dead-lettered instead of looping forever;
+    // - dead-lettering "at-least-once" (needs x-overflow reject-publish): RabbitMQ keeps the
+    //   message until the dead-letter queue confirmed it, so poison messages are never lost.
+    queues.push((
+        names.import.clone(),
+        arguments(vec![
+            ("x-queue-type", text("quorum")),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongUInt(settings.delivery_limit),
+            ),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(&names.dead)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+        ]),
+    ));
+
+    // One delay queue per retry. No consumer: a message waits its TTL, then RabbitMQ
+    // dead-letters it back to the import queue (at least once, as above).
+    for (name, delay_ms) in names.retries.iter().zip(&settings.retry_delays_ms) {
+        queues.push((
+            name.clone(),
+            arguments(vec![
+                ("x-queue-type", text("quorum")),
+                ("x-message-ttl", AMQPValue::LongLongInt(*delay_ms as i64)),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text(&names.import)),
+                ("x-dead-letter-strategy", text("at-least-once")),
+                ("x-overflow", text("reject-publish")),
+            ]),
+        ));
+    }
+    queues
+}
+
 /// Declares every exchange and queue; safe to call from every process at every start.
 pub async fn declare(
     channel: &Channel,
@@ -71,57 +126,9 @@ pub async fn declare(
         durable: true,
         ..QueueDeclareOptions::default()
     };
-
-    // The dead-letter queue: a quorum queue, so dead letters are replicated like everything else.
-    channel
-        .queue_declare(
-            names.dead.as_str().into(),
-            durable,
-            arguments(vec![("x-queue-type", text("quorum"))]),
-        )
-        .await?;
-
-    // The import queue.
-    // - quorum: replicated, and confirms mean "on disk on a majority", which is what a 200 to
-    //   Aircall promises;
-    // - x-delivery-limit: a message redelivered this many times (a job that kills its worker)
-    //   is dead-lettered instead of looping forever;
-    // - dead-lettering "at-least-once" (needs x-overflow reject-publish): RabbitMQ keeps the
-    //   message until the dead-letter queue confirmed it, so poison messages are never lost.
-    channel
-        .queue_declare(
-            names.import.as_str().into(),
-            durable,
-            arguments(vec![
-                ("x-queue-type", text("quorum")),
-                (
-                    "x-delivery-limit",
-                    AMQPValue::LongUInt(settings.delivery_limit),
-                ),
-                ("x-dead-letter-exchange", text("")),
-                ("x-dead-letter-routing-key", text(&names.dead)),
-                ("x-dead-letter-strategy", text("at-least-once")),
-                ("x-overflow", text("reject-publish")),
-            ]),
-        )
-        .await?;
-
-    // One delay queue per retry. No consumer: a message waits its TTL, then RabbitMQ
-    // dead-letters it back to the import queue (at least once, as above).
-    for (name, delay_ms) in names.retries.iter().zip(&settings.retry_delays_ms) {
+    for (name, arguments) in queues(names, settings) {
         channel
-            .queue_declare(
-                name.as_str().into(),
-                durable,
-                arguments(vec![
-                    ("x-queue-type", text("quorum")),
-                    ("x-message-ttl", AMQPValue::LongLongInt(*delay_ms as i64)),
-                    ("x-dead-letter-exchange", text("")),
-                    ("x-dead-letter-routing-key", text(&names.import)),
-                    ("x-dead-letter-strategy", text("at-least-once")),
-                    ("x-overflow", text("reject-publish")),
-                ]),
-            )
+            .queue_declare(name.as_str().into(), durable, arguments)
             .await?;
     }
 

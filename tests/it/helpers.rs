@@ -196,11 +196,61 @@ pub fn service_settings(test: &str) -> Settings {
     s
 }
 
-/// A `serve` role running in the test on port 0, with its broker supervisor and drainer.
+/// A `serve` role running in the test on port 0, with its broker supervisor and drainer. Its
+/// queues and Redis keys are removed by [`TestApp::stop`], or when it is dropped (a failed test).
 pub struct TestApp {
     pub url: String,
     pub ctx: aircall_ingest::app::Context,
     pub cancel: CancellationToken,
+    cleaned: bool,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cancel.cancel();
+        let (names, prefix) = (
+            self.ctx.broker.names().clone(),
+            self.ctx.settings.redis_key_prefix.clone(),
+        );
+        // Tests run on the multi-threaded runtime, where blocking in place is allowed.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            tokio::task::block_in_place(|| handle.block_on(remove_traces(names, prefix)));
+        }
+    }
+}
+
+/// Deletes the queues and Redis keys of one test app.
+async fn remove_traces(names: aircall_ingest::queue::QueueNames, prefix: String) {
+    let amqp = amqp().await;
+    let mut queues = vec![names.import, names.dead];
+    queues.extend(names.retries);
+    for queue in queues {
+        let _ = amqp
+            .channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    let _ = amqp
+        .channel
+        .exchange_delete(names.events.as_str().into(), Default::default())
+        .await;
+    amqp.close().await;
+    let mut redis = redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap_or(());
+    }
 }
 
 impl TestApp {
@@ -219,6 +269,7 @@ impl TestApp {
             url: format!("http://{}", server.addr),
             ctx,
             cancel,
+            cleaned: false,
         }
     }
 
@@ -261,35 +312,23 @@ impl TestApp {
     }
 
     /// Stops the app and removes its queues and Redis keys.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.cancel.cancel();
-        let names = self.ctx.broker.names().clone();
-        let amqp = amqp().await;
-        let mut queues = vec![names.import, names.dead];
-        queues.extend(names.retries);
-        for queue in queues {
-            let _ = amqp
-                .channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
-        }
-        let _ = amqp
-            .channel
-            .exchange_delete(names.events.as_str().into(), Default::default())
-            .await;
-        amqp.close().await;
-        let mut redis = redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.ctx.settings.redis_key_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut redis)
-                .await
-                .unwrap_or(());
+        self.cleaned = true;
+        remove_traces(
+            self.ctx.broker.names().clone(),
+            self.ctx.settings.redis_key_prefix.clone(),
+        )
+        .await;
+    }
+
+    /// Wraps a context started elsewhere, so the test cleans up after it.
+    pub fn adopt(ctx: aircall_ingest::app::Context, cancel: CancellationToken) -> TestApp {
+        TestApp {
+            url: String::new(),
+            ctx,
+            cancel,
+            cleaned: false,
         }
     }
 }

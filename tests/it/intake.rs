@@ -476,6 +476,33 @@ async fn with_redis_and_rabbitmq_both_down_the_answer_is_503_within_the_deadline
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_and_rabbitmq_both_hanging_the_answer_still_comes_within_the_budget() {
+    let broker = FaultProxy::start(real(AMQP)).await;
+    let store = FaultProxy::start(real(REDIS)).await;
+    let app = app_through("bothhang", Some(&broker), Some(&store)).await;
+    assert_eq!(app.post("acme", &call_ended(1, TOKEN)).await.status(), 200);
+
+    broker.freeze();
+    store.freeze();
+    let mut worst = Duration::ZERO;
+    for (connection, id) in [("acme", 2), ("never-seen", 3)] {
+        let started = Instant::now();
+        let response = app.post(connection, &call_ended(id, TOKEN)).await;
+        worst = worst.max(started.elapsed());
+        assert_eq!(response.status(), 503, "{connection}");
+    }
+
+    // The budget is 3 s; Aircall gives up at 5 s.
+    assert!(
+        worst < Duration::from_millis(3_500),
+        "slowest answer {worst:?}"
+    );
+    broker.restore();
+    store.restore();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
     let broker = FaultProxy::start(real(AMQP)).await;
     let store = FaultProxy::start(real(REDIS)).await;
@@ -496,6 +523,7 @@ async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
         200
     );
 
+    // RabbitMQ down: still ready (the spool holds jobs), and says so.
     broker.cut();
     assert!(
         eventually_async(Duration::from_secs(10), || async {
@@ -503,15 +531,36 @@ async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
         })
         .await
     );
-    assert_eq!(readyz().await.0, 503);
-    broker.restore();
+    assert_eq!(
+        readyz().await,
+        (
+            200,
+            json!({"status": "degraded", "redis": "up", "rabbitmq": "down"})
+        )
+    );
+    // Both down: nothing can hold a job.
+    store.cut();
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
-            readyz().await.0 == 200
+        eventually_async(Duration::from_secs(10), || async {
+            readyz().await.0 == 503
         })
         .await
     );
-
+    assert_eq!(readyz().await.1["status"], "not_ready");
+    broker.restore();
+    store.restore();
+    assert!(
+        eventually_async(Duration::from_secs(20), || async {
+            readyz().await
+                == (
+                    200,
+                    json!({"status": "ready", "redis": "up", "rabbitmq": "up"}),
+                )
+        })
+        .await,
+        "recovers without a restart"
+    );
+    // Redis down alone: RabbitMQ still takes jobs.
     store.cut();
     assert!(
         eventually_async(Duration::from_secs(10), || async {
@@ -519,10 +568,11 @@ async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
         })
         .await
     );
+    assert_eq!(readyz().await.0, 200);
     store.restore();
     assert!(
         eventually_async(Duration::from_secs(20), || async {
-            readyz().await.0 == 200
+            readyz().await.1["status"] == "ready"
         })
         .await
     );
@@ -530,28 +580,42 @@ async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_import_queues_are_quorum_queues() {
+async fn every_queue_is_a_quorum_queue() {
     let app = app("quorum").await;
-    let amqp = amqp().await;
-
-    // Declaring the same queue as a classic queue must be refused: it exists as a quorum queue.
-    let classic = amqp
-        .channel
-        .queue_declare(
-            app.ctx.broker.names().import.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await;
-
-    assert!(
-        classic.is_err(),
-        "the import queue accepted a classic redeclaration"
+    let queues =
+        aircall_ingest::queue::topology::queues(app.ctx.broker.names(), &app.ctx.settings.queue);
+    assert_eq!(
+        queues.len(),
+        2 + app.ctx.settings.queue.retry_delays_ms.len()
     );
-    amqp.close().await;
+
+    for (queue, mut arguments) in queues {
+        // The same queue, the same arguments, but classic: refused for its type alone.
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString(lapin::types::LongString::from("classic")),
+        );
+        let amqp = amqp().await;
+        let classic = amqp
+            .channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await;
+        let refusal = classic
+            .expect_err("a classic redeclaration was accepted")
+            .to_string();
+        assert!(
+            refusal.contains("'x-queue-type'") && refusal.contains("quorum"),
+            "{queue}: {refusal}"
+        );
+        amqp.close().await;
+    }
     // Declaring the topology again (another role starting) is fine.
     app.ctx.broker.connect().await.unwrap();
     app.stop().await;
@@ -627,13 +691,7 @@ async fn connecting_registers_the_webhook_and_an_ending_call_reaches_the_queue()
     let everything = format!("{stored:?}");
     assert!(!everything.contains(token.expose_secret()));
     assert!(!everything.contains(&hooks[0].token));
-    cancel.cancel();
-    let app = TestApp {
-        url: String::new(),
-        ctx,
-        cancel,
-    };
-    app.stop().await;
+    TestApp::adopt(ctx, cancel).stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -702,7 +760,7 @@ async fn a_publishing_channel_closed_by_the_broker_is_reopened() {
         .publish_to(
             "no-such-exchange",
             "x",
-            &message,
+            (&message).into(),
             b"{}",
             Duration::from_secs(2),
         )
@@ -720,6 +778,13 @@ async fn a_publishing_channel_closed_by_the_broker_is_reopened() {
         })
         .await,
         "intake publishes again without a restart"
+    );
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            app.spool_depth().await == 0
+        })
+        .await,
+        "what was spooled meanwhile drains"
     );
     app.stop().await;
 }

@@ -4,8 +4,10 @@
 
 mod client;
 mod config;
+mod disruptive;
 mod helpers;
 mod intake;
 mod proxy;
 mod rate_limit;
 mod simulator;
+mod spool;
