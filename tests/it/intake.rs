@@ -376,7 +376,7 @@ async fn while_rabbitmq_is_down_jobs_are_spooled_and_reach_the_queue_exactly_onc
     broker.restore();
     let import = app.ctx.broker.names().import.clone();
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
+        eventually_async(Duration::from_secs(40), || async {
             app.spool_depth().await == 0
         })
         .await,
@@ -429,7 +429,7 @@ async fn a_broker_that_hangs_costs_one_confirm_deadline_then_the_spool() {
     broker.restore();
     let import = app.ctx.broker.names().import.clone();
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
+        eventually_async(Duration::from_secs(40), || async {
             app.spool_depth().await == 0
         })
         .await
@@ -549,16 +549,18 @@ async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
     assert_eq!(readyz().await.1["status"], "not_ready");
     broker.restore();
     store.restore();
+    let recovered = eventually_async(Duration::from_secs(30), || async {
+        readyz().await
+            == (
+                200,
+                json!({"status": "ready", "redis": "up", "rabbitmq": "up"}),
+            )
+    })
+    .await;
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
-            readyz().await
-                == (
-                    200,
-                    json!({"status": "ready", "redis": "up", "rabbitmq": "up"}),
-                )
-        })
-        .await,
-        "recovers without a restart"
+        recovered,
+        "recovers without a restart; still {:?}",
+        readyz().await
     );
     // Redis down alone: RabbitMQ still takes jobs.
     store.cut();
@@ -571,7 +573,7 @@ async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
     assert_eq!(readyz().await.0, 200);
     store.restore();
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
+        eventually_async(Duration::from_secs(40), || async {
             readyz().await.1["status"] == "ready"
         })
         .await
