@@ -653,9 +653,10 @@ async fn a_call_in_progress_is_listed_then_ends_by_itself() {
     let receiver = Receiver::start(0).await;
     register(&sim, &company, &receiver.url, &["call.ended"]).await;
     let now = sim.state.clock.now_s();
+    // Times are whole seconds: a 3-second call ends at least 2 s from now.
     let spec = CallSpec {
         started_at: Some(now),
-        duration: 1,
+        duration: 3,
         in_progress: true,
         ..CallSpec::default()
     };
@@ -665,7 +666,11 @@ async fn a_call_in_progress_is_listed_then_ends_by_itself() {
 
     assert_ne!(during["call"]["status"], "done");
     assert!(during["call"]["ended_at"].is_null());
-    assert!(eventually(Duration::from_secs(5), || receiver.count("call.ended") == 1).await);
+    assert!(
+        eventually(Duration::from_secs(10), || receiver.count("call.ended")
+            == 1)
+        .await
+    );
     let after = get_json(&sim, &company, &format!("v1/calls/{call}")).await;
     assert_eq!(after["call"]["status"], "done");
 }
