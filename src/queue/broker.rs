@@ -2,8 +2,8 @@
 //!
 //! lapin's automatic recovery rides out a broker restart or a network cut: it reconnects,
 //! replays the topology, confirm mode and QoS, and resubscribes consumers. What it cannot do is
-//! connect for the first time while the broker is down, come back once it has given up, reopen a
-//! channel the broker closed (a channel-level error leaves the connection up), or recreate a
+//! connect for the first time while the broker is down, come back once it has given up or when
+//! one of its attempts stalls, reopen a channel the broker closed (a channel-level error leaves the connection up), or recreate a
 //! queue someone deleted. The supervisor here ([`Broker::run`]) covers those, so a process may
 //! start before RabbitMQ and never needs a restart because of it.
 //!
@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -229,26 +229,41 @@ impl Broker {
     /// Closes the connection on the way out.
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures: u32 = 0;
+        let mut down_since: Option<Instant> = None;
         loop {
-            let pause = match self.current().filter(Link::alive) {
+            let link = self.current();
+            let pause = match link.filter(|link| link.connection.status().connected()) {
                 Some(link) => {
                     failures = 0;
+                    down_since = None;
                     self.mend(&link).await;
                     Duration::from_secs(1)
                 }
-                None => match self.connect().await {
-                    Ok(()) => {
-                        info!(queue = %self.inner.names.import, "connected to RabbitMQ; topology declared");
-                        failures = 0;
-                        Duration::from_secs(1)
+                None => {
+                    // lapin's recovery gets `connect_timeout` to bring the link back; an attempt
+                    // of its own can stall longer than that (seen: 10 s), so past it the
+                    // supervisor connects afresh, and keeps lapin's link until one succeeds.
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    let recovering = self.current().is_some_and(|link| link.alive());
+                    if recovering && since.elapsed() < self.inner.settings.connect_timeout() {
+                        Duration::from_millis(250)
+                    } else {
+                        match self.connect().await {
+                            Ok(()) => {
+                                info!(queue = %self.inner.names.import, "connected to RabbitMQ; topology declared");
+                                failures = 0;
+                                down_since = None;
+                                Duration::from_secs(1)
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                self.report_connect_failure(&e, failures);
+                                Duration::from_millis(250u64.saturating_mul(1 << failures.min(5)))
+                                    .min(Duration::from_secs(5))
+                            }
+                        }
                     }
-                    Err(e) => {
-                        failures += 1;
-                        self.report_connect_failure(&e, failures);
-                        Duration::from_millis(250u64.saturating_mul(1 << failures.min(5)))
-                            .min(Duration::from_secs(5))
-                    }
-                },
+                }
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
