@@ -247,36 +247,40 @@ fn bare_actix(workers: usize) -> (String, actix_web::dev::ServerHandle) {
     (url, handle)
 }
 
-/// Reference: actix reading the body and publishing it with a confirm, nothing else: the least
-/// an HTTP-to-RabbitMQ hop costs on this machine.
-async fn actix_publish(
-    workers: usize,
-) -> (String, actix_web::dev::ServerHandle, Connection, String) {
+/// A connection, a confirm-mode channel and a fresh quorum queue of its own, like the
+/// service's import queue.
+async fn quorum_queue_with_confirms(tag: &str) -> (Connection, lapin::Channel, String) {
     let connection = Connection::connect(AMQP, ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let queue = format!("bench-hop-{:08x}", fastrand::u32(..));
+    let queue = format!("bench-{tag}-{:08x}", fastrand::u32(..));
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from("quorum")),
     );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
+        .queue_declare(queue.as_str().into(), durable, args)
         .await
         .unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
+    (connection, channel, queue)
+}
+
+/// Reference: actix reading the body and publishing it with a confirm, nothing else: the least
+/// an HTTP-to-RabbitMQ hop costs on this machine.
+async fn actix_publish(
+    workers: usize,
+) -> (String, actix_web::dev::ServerHandle, Connection, String) {
+    let (connection, channel, queue) = quorum_queue_with_confirms("hop").await;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/webhooks/aircall/bench",
@@ -328,31 +332,7 @@ async fn actix_publish(
 
 /// Baseline 2: lapin publishing with confirms, `concurrency` publishes in flight.
 async fn raw_broker(concurrency: u64, duration: Duration) -> Phase {
-    let connection = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = format!("bench-raw-{:08x}", fastrand::u32(..));
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (connection, channel, queue) = quorum_queue_with_confirms("raw").await;
     let payload = Arc::new(body(1));
     let deadline = Instant::now() + duration;
     let started = Instant::now();

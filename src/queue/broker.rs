@@ -232,6 +232,7 @@ impl Broker {
         let mut down_since: Option<Instant> = None;
         loop {
             let link = self.current();
+            let recovering = link.as_ref().is_some_and(Link::alive);
             let pause = match link.filter(|link| link.connection.status().connected()) {
                 Some(link) => {
                     failures = 0;
@@ -244,7 +245,6 @@ impl Broker {
                     // of its own can stall longer than that (seen: 10 s), so past it the
                     // supervisor connects afresh, and keeps lapin's link until one succeeds.
                     let since = *down_since.get_or_insert_with(Instant::now);
-                    let recovering = self.current().is_some_and(|link| link.alive());
                     if recovering && since.elapsed() < self.inner.settings.connect_timeout() {
                         Duration::from_millis(250)
                     } else {

@@ -503,6 +503,38 @@ async fn with_redis_and_rabbitmq_both_hanging_the_answer_still_comes_within_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_costs_a_known_connection_nothing_but_the_redelivery_check() {
+    let store = FaultProxy::start(real(REDIS)).await;
+    let app = app_through("redishang", None, Some(&store)).await;
+    // Once while Redis answers, so the connection's fingerprint is cached, as in production.
+    assert_eq!(app.post("acme", &call_ended(1, TOKEN)).await.status(), 200);
+
+    store.freeze();
+    let started = Instant::now();
+    let answer = app
+        .post("acme", &call_ended(2, TOKEN))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    store.restore();
+
+    // The redelivery check fails open (100 ms at most); the job goes straight to RabbitMQ.
+    assert_eq!(answer, json!({"status": "queued"}));
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    let mut ids: Vec<u64> = app
+        .take_jobs()
+        .await
+        .iter()
+        .map(|Message::ImportCall(job)| job.call_id.0)
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
     let broker = FaultProxy::start(real(AMQP)).await;
     let store = FaultProxy::start(real(REDIS)).await;
