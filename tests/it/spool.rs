@@ -20,6 +20,8 @@ fn job(call: u64) -> Message {
         event_at: None,
         received_at_ms: 0,
         request_id: None,
+        attempt: 0,
+        failure: None,
     })
 }
 
@@ -80,17 +82,17 @@ async fn drainers_racing_each_other_lose_nothing() {
 async fn a_drainer_without_the_lock_touches_nothing() {
     let mut settings = service_settings("nolock");
     settings.intake.spool_drain_interval_ms = 60_000;
-    let app = TestApp::spawn(settings).await;
-    let prefix = app.ctx.settings.redis_key_prefix.clone();
-    let spool = Spool::new(app.ctx.redis.clone(), &prefix);
-    // Another replica holds the lock (taken before the job arrives, so the app's own drainer
-    // cannot take the job either).
+    let prefix = settings.redis_key_prefix.clone();
+    // Another replica holds the lock, taken before the app starts, so the app's own drainer
+    // (whose first round runs at once) cannot take the job either.
     let _: () = redis::cmd("SET")
         .arg(format!("{prefix}:spool:drainer"))
         .arg("another-replica")
         .query_async(&mut redis().await)
         .await
         .unwrap();
+    let app = TestApp::spawn(settings).await;
+    let spool = Spool::new(app.ctx.redis.clone(), &prefix);
     spool.push(&job(7).encode()).await.unwrap();
 
     let drained = spool
