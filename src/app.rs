@@ -13,8 +13,12 @@ use tracing::{info, warn};
 use crate::aircall::{Aircall, CallStatus, Credentials, RateLimitSettings, RateLimiter};
 use crate::cli::{Command, ConnectArgs, ProbeArgs, ServeArgs, SimulateArgs};
 use crate::config::Settings;
-use crate::connections::{self, ConnectionId, ConnectionStatus, ConnectionStore};
+use crate::connections::{self, ConnectionId, ConnectionStatus, ConnectionStore, OutcomeStore};
 use crate::crypto::Keys;
+use crate::import::download::Downloader;
+use crate::import::lease::Leases;
+use crate::import::rules::{PayingUsers, Rules};
+use crate::import::{Importer, Storage};
 use crate::intake::Intake;
 use crate::queue::{Broker, Spool};
 use crate::serve::{self, Readiness};
@@ -28,6 +32,7 @@ pub struct Context {
     pub broker: Broker,
     pub spool: Spool,
     pub connections: ConnectionStore,
+    pub outcomes: OutcomeStore,
     pub aircall: Aircall,
     pub keys: Arc<Keys>,
 }
@@ -49,6 +54,7 @@ impl Context {
                 &settings.redis_key_prefix,
                 settings.intake.connection_cache_ttl(),
             ),
+            outcomes: OutcomeStore::new(redis.clone(), &settings.redis_key_prefix),
             aircall: aircall(&settings, redis.clone())?,
             keys: Arc::new(Keys::derive(&secrets.secret_key)),
             redis,
@@ -83,6 +89,46 @@ impl Context {
                 cancel.clone(),
             )),
         ]
+    }
+
+    /// What the `worker` role runs for each job. Fails when the storage settings do not work.
+    pub fn importer(&self, cancel: &CancellationToken) -> anyhow::Result<Importer> {
+        let settings = &self.settings;
+        let https_only = settings.mode == crate::config::Mode::Production;
+        Ok(Importer {
+            connections: self.connections.clone(),
+            outcomes: self.outcomes.clone(),
+            leases: Leases::new(
+                self.redis.clone(),
+                &settings.redis_key_prefix,
+                settings.worker.lease(),
+            ),
+            storage: Storage::from_settings(&settings.storage).context("storage")?,
+            downloader: Downloader::new(&settings.import, https_only)
+                .context("cannot build the recording download client")?,
+            aircall: self.aircall.clone(),
+            keys: self.keys.clone(),
+            broker: self.broker.clone(),
+            rules: Rules::new(&settings.import),
+            recording_url_fresh: settings.import.recording_url_fresh(),
+            confirm_timeout: settings.queue.connect_timeout(),
+            cancel: cancel.clone(),
+            unrouted_warned: Arc::default(),
+        })
+    }
+
+    /// Starts the `worker` role's consumer; it drains and ends when `cancel` fires.
+    pub fn start_worker(
+        &self,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let importer = self.importer(cancel)?;
+        Ok(tokio::spawn(crate::import::worker::run(
+            importer,
+            self.broker.clone(),
+            self.settings.worker.clone(),
+            cancel.clone(),
+        )))
     }
 
     /// Starts the HTTP server of the `serve` role on `listener`.
@@ -151,13 +197,87 @@ pub async fn run(
         Command::Connect(args) => connect(settings, args, cancel).await,
         Command::Status => status(settings).await,
         Command::Serve(args) => run_serve(settings, args, cancel).await,
-        Command::Worker => not_yet("worker", "the import worker (issue 4)"),
+        Command::Users(args) => users(settings, args).await,
+        Command::Worker => run_worker(settings, cancel).await,
         Command::Reconcile(_) => not_yet("reconcile", "reconciliation (issue 5)"),
-        Command::All(_) => not_yet(
-            "all",
-            "webhook intake, the worker and reconciliation (issues 3-5)",
-        ),
+        Command::All(args) => run_all(settings, args, cancel).await,
     }
+}
+
+/// The `worker` role: the broker supervisor and the consumer, until SIGTERM.
+async fn run_worker(settings: Settings, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    // The broker outlives the consumer, so imports finishing during the drain still publish
+    // their events and retries.
+    let broker_cancel = CancellationToken::new();
+    let broker = tokio::spawn(ctx.broker.clone().run(broker_cancel.clone()));
+    let worker = ctx.start_worker(&cancel)?;
+    let _ = worker.await;
+    broker_cancel.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), broker).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every role built so far in one process (the local default): webhook intake and the worker.
+async fn run_all(
+    settings: Settings,
+    args: ServeArgs,
+    cancel: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => ctx.settings.serve.listen.parse().context("serve.listen")?,
+    };
+    let listener = TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
+    check_redis_durability(&ctx).await;
+    let background_cancel = CancellationToken::new();
+    let background = ctx.start_background(&background_cancel);
+    let worker = ctx.start_worker(&cancel)?;
+    let server = ctx.serve(listener, &cancel)?;
+    info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}; importing");
+    server.stopped().await;
+    let _ = worker.await;
+    background_cancel.cancel();
+    for task in background {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets the paying users of a connection from the command line.
+async fn users(settings: Settings, args: crate::cli::UsersArgs) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    let id = ConnectionId::parse(&args.id)?;
+    let emails: Vec<&str> = args
+        .emails
+        .iter()
+        .flat_map(|e| e.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let invalid: Vec<&str> = emails
+        .iter()
+        .copied()
+        .filter(|e| !crate::import::rules::looks_like_email(e))
+        .collect();
+    if !invalid.is_empty() {
+        eprintln!("not email addresses: {}", invalid.join(", "));
+        return Ok(ExitCode::from(2));
+    }
+    let users = PayingUsers::new(&emails);
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    if !ctx
+        .connections
+        .set_paying_users(&id, &users, now_ms)
+        .await?
+    {
+        eprintln!("no connection {id}");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("connection {id}: {} paying users", users.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `serve` role: HTTP, the broker supervisor and the spool drainer, until SIGTERM.
@@ -289,10 +409,47 @@ async fn status(settings: Settings) -> anyhow::Result<ExitCode> {
     );
     for id in ctx.connections.ids().await.context("cannot reach Redis")? {
         if let Some(record) = ctx.connections.get(&id).await? {
+            let users = ctx.connections.paying_users(&id).await?;
+            let counts = ctx.outcomes.counts(&id).await?;
+            let counts: Vec<String> = counts
+                .iter()
+                .map(|(name, count)| format!("{name}={count}"))
+                .collect();
             println!(
-                "connection {}: {:?}, webhook {}",
-                record.id, record.status, record.webhook_id
+                "connection {}: {:?}, webhook {}, {} paying users; calls: {}",
+                record.id,
+                record.status,
+                record.webhook_id,
+                users.len(),
+                if counts.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    counts.join(" ")
+                }
             );
+            let recent = ctx
+                .outcomes
+                .list(
+                    &id,
+                    &connections::OutcomeQuery {
+                        limit: 10,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            for record in recent.items {
+                println!(
+                    "  call {} {}{}: {}",
+                    record.call_id,
+                    record.outcome.as_str(),
+                    record
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    record.explanation()
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -42,8 +42,20 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Connects an Aircall company: checks the credentials, registers the webhook, stores it.
     Connect(ConnectArgs),
-    /// Prints queue depths, the spool and the connections.
+    /// Replaces a connection's paying users (whose calls are imported).
+    Users(UsersArgs),
+    /// Prints queue depths, the spool, the connections and their import outcomes.
     Status,
+}
+
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    /// The connection's id.
+    #[arg(long)]
+    pub id: String,
+    /// The paying users' emails (repeat the flag, or separate with commas).
+    #[arg(long = "email", value_name = "EMAIL", required = true)]
+    pub emails: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -57,8 +57,8 @@ pub struct Settings {
     /// token fingerprints. Generate one with `openssl rand -base64 32`.
     #[serde(serialize_with = "redact_option")]
     pub secret_key: Option<SecretString>,
-    /// Root of the local recording storage.
-    pub storage_dir: PathBuf,
+    /// Where recordings and their metadata are stored.
+    pub storage: StorageSettings,
     /// The `serve` role.
     pub serve: ServeSettings,
     /// Webhook intake.
@@ -67,6 +67,10 @@ pub struct Settings {
     pub queue: QueueSettings,
     /// The Aircall API client and the shared rate-limit budget.
     pub aircall: AircallSettings,
+    /// The import rules and recording downloads.
+    pub import: ImportSettings,
+    /// The `worker` role.
+    pub worker: WorkerSettings,
     /// Logging.
     pub log: LogSettings,
     /// `AIRCALL_INGEST_*` variables that are not settings (Kubernetes, for one, sets
@@ -170,6 +174,83 @@ pub struct AircallSettings {
     pub listing_split_threshold: u32,
 }
 
+/// The import rules (see the design's table) and how recordings are fetched.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportSettings {
+    /// Calls that started longer ago than this, in days, are skipped `outside_window`.
+    pub window_days: u32,
+    /// Largest recording imported, in bytes (200 MB); larger ones are skipped
+    /// `recording_too_large`.
+    pub max_recording_bytes: u64,
+    /// How long after an answered call ended its recording is still waited for, in hours;
+    /// until then the call is `pending`, afterwards skipped `no_recording`.
+    pub recording_wait_hours: u32,
+    /// Import the voicemail of an unanswered call as its recording.
+    pub import_voicemails: bool,
+    /// Hosts recording URLs may point to (`*.example.com` matches subdomains). Any other host
+    /// is refused and never fetched. In production only HTTPS URLs are fetched.
+    pub recording_hosts: Vec<String>,
+    /// How long a job's recording URL is trusted when it carries no expiry of its own, in
+    /// milliseconds from the webhook's arrival; older, the call is fetched again.
+    pub recording_url_fresh_ms: u64,
+    /// Time allowed to connect to the recording host, in milliseconds.
+    pub download_connect_timeout_ms: u64,
+    /// Longest silence while downloading a recording, in milliseconds.
+    pub download_read_timeout_ms: u64,
+}
+
+/// Settings of the `worker` role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Imports one worker process runs at once.
+    pub concurrency: usize,
+    /// Jobs RabbitMQ hands a worker before it acknowledges any (at least `concurrency`, or
+    /// slots sit idle; more only holds jobs back from other workers).
+    pub prefetch: u16,
+    /// How long a worker's claim on a call lasts without renewal, in milliseconds; a crashed
+    /// worker's claim lapses after this, and another delivery of the call proceeds.
+    pub lease_ms: u64,
+    /// On shutdown, the time in-flight imports get to finish, in milliseconds; unfinished jobs
+    /// are left unacknowledged, so RabbitMQ gives them to another worker.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Where recordings and metadata go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `local` (files under `root`) or `s3` (any S3-compatible object storage).
+    pub backend: StorageBackend,
+    /// Root directory of local storage.
+    pub root: PathBuf,
+    /// S3 bucket (required with `backend = "s3"`).
+    pub s3_bucket: String,
+    /// Key prefix inside the bucket (empty: none).
+    pub s3_prefix: String,
+    /// S3 region.
+    pub s3_region: String,
+    /// Endpoint of an S3-compatible service such as MinIO (empty: AWS).
+    pub s3_endpoint: String,
+    /// Access key id (empty: taken from the standard `AWS_*` variables or the instance role).
+    pub s3_access_key_id: String,
+    /// Secret access key, with `s3_access_key_id`.
+    #[serde(serialize_with = "redact_option")]
+    pub s3_secret_access_key: Option<SecretString>,
+    /// Allow a plain-HTTP `s3_endpoint` (local test servers only).
+    pub s3_allow_http: bool,
+}
+
+/// Storage implementation; see [`StorageSettings::backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    #[default]
+    Local,
+    S3,
+}
+
 /// Logging settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -200,11 +281,13 @@ impl Default for Settings {
             public_url: static_url("http://127.0.0.1:8080/"),
             admin_token: None,
             secret_key: None,
-            storage_dir: PathBuf::from("./data"),
+            storage: StorageSettings::default(),
             serve: ServeSettings::default(),
             intake: IntakeSettings::default(),
             queue: QueueSettings::default(),
             aircall: AircallSettings::default(),
+            import: ImportSettings::default(),
+            worker: WorkerSettings::default(),
             log: LogSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -298,6 +381,76 @@ impl Default for AircallSettings {
             backoff_max_ms: 30_000,
             max_rate_limit_wait_ms: 120_000,
             listing_split_threshold: 9_000,
+        }
+    }
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            window_days: 14,
+            max_recording_bytes: 200 * 1024 * 1024,
+            recording_wait_hours: 24,
+            import_voicemails: false,
+            // Aircall serves recordings from signed links on its AWS storage.
+            recording_hosts: vec!["*.amazonaws.com".into(), "*.aircall.io".into()],
+            recording_url_fresh_ms: 5 * 60 * 1_000,
+            download_connect_timeout_ms: 10_000,
+            download_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl ImportSettings {
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.window_days) * 86_400)
+    }
+    pub fn recording_wait(&self) -> Duration {
+        Duration::from_secs(u64::from(self.recording_wait_hours) * 3_600)
+    }
+    pub fn recording_url_fresh(&self) -> Duration {
+        Duration::from_millis(self.recording_url_fresh_ms)
+    }
+    pub fn download_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.download_connect_timeout_ms)
+    }
+    pub fn download_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.download_read_timeout_ms)
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            prefetch: 8,
+            lease_ms: 60_000,
+            shutdown_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Local,
+            root: PathBuf::from("./data"),
+            s3_bucket: String::new(),
+            s3_prefix: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_endpoint: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: None,
+            s3_allow_http: false,
         }
     }
 }
@@ -497,11 +650,46 @@ impl Settings {
         {
             p.push(Problem::new("secret_key", why));
         }
+        let storage = &self.storage;
+        match storage.backend {
+            StorageBackend::Local => require(
+                &mut p,
+                !storage.root.as_os_str().is_empty(),
+                "storage.root",
+                "must not be empty with the local backend".into(),
+            ),
+            StorageBackend::S3 => {
+                require(
+                    &mut p,
+                    !storage.s3_bucket.is_empty(),
+                    "storage.s3_bucket",
+                    "is required with the s3 backend".into(),
+                );
+                require(
+                    &mut p,
+                    storage.s3_endpoint.is_empty()
+                        || Url::parse(&storage.s3_endpoint).is_ok_and(|u| is_http(&u)),
+                    "storage.s3_endpoint",
+                    format!("must be an http(s) URL, got `{}`", storage.s3_endpoint),
+                );
+                require(
+                    &mut p,
+                    storage.s3_access_key_id.is_empty() == storage.s3_secret_access_key.is_none(),
+                    "storage.s3_secret_access_key",
+                    "must be set together with storage.s3_access_key_id".into(),
+                );
+            }
+        }
         require(
             &mut p,
-            !self.storage_dir.as_os_str().is_empty(),
-            "storage_dir",
-            "must not be empty".into(),
+            !self.import.recording_hosts.is_empty()
+                && self
+                    .import
+                    .recording_hosts
+                    .iter()
+                    .all(|h| valid_host_pattern(h)),
+            "import.recording_hosts",
+            "must list host names such as `storage.example.com` or `*.example.com`".into(),
         );
         require(
             &mut p,
@@ -622,6 +810,56 @@ impl Settings {
                 60_000,
             ),
             (a.max_attempts.into(), "aircall.max_attempts", 1, 20),
+            (self.import.window_days.into(), "import.window_days", 1, 180),
+            (
+                self.import.max_recording_bytes,
+                "import.max_recording_bytes",
+                1,
+                100 * 1024 * 1024 * 1024,
+            ),
+            (
+                self.import.recording_wait_hours.into(),
+                "import.recording_wait_hours",
+                0,
+                30 * 24,
+            ),
+            (
+                self.import.recording_url_fresh_ms,
+                "import.recording_url_fresh_ms",
+                0,
+                86_400_000,
+            ),
+            (
+                self.import.download_connect_timeout_ms,
+                "import.download_connect_timeout_ms",
+                100,
+                120_000,
+            ),
+            (
+                self.import.download_read_timeout_ms,
+                "import.download_read_timeout_ms",
+                100,
+                600_000,
+            ),
+            (
+                self.worker.concurrency as u64,
+                "worker.concurrency",
+                1,
+                1_024,
+            ),
+            (
+                self.worker.prefetch.into(),
+                "worker.prefetch",
+                self.worker.concurrency as u64,
+                u64::from(u16::MAX),
+            ),
+            (self.worker.lease_ms, "worker.lease_ms", 300, 3_600_000),
+            (
+                self.worker.shutdown_timeout_ms,
+                "worker.shutdown_timeout_ms",
+                0,
+                600_000,
+            ),
             (
                 a.backoff_initial_ms,
                 "aircall.backoff_initial_ms",
@@ -669,6 +907,15 @@ fn require(problems: &mut Vec<Problem>, ok: bool, key: &str, message: String) {
     if !ok {
         problems.push(Problem::new(key, message));
     }
+}
+
+/// `host.example.com` or `*.example.com`: letters, digits, `-` and `.`, or an IP address.
+fn valid_host_pattern(pattern: &str) -> bool {
+    let host = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
 }
 
 fn is_http(url: &Url) -> bool {

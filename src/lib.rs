@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod crypto;
+pub mod import;
 pub mod intake;
 pub mod queue;
 pub mod serve;

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: RabbitMQ and Redis first (started, or installed
-# and started), then every test against them and the bundled Aircall simulator.
+# and started), moto (an S3 server the storage tests start) installed when missing, then every
+# test against them and the bundled Aircall simulator.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 deploy/local/services.sh
+# pip --user puts moto_server here, which may not be on PATH yet.
+PATH="$PATH:$(python3 -m site --user-base)/bin"
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "[test] installing moto (S3 server for the storage tests)" >&2
+  python3 -m pip install --quiet --user 'moto[server]' \
+    || python3 -m pip install --quiet --user --break-system-packages 'moto[server]'
+fi
 cargo test --locked "$@"
 # Then, alone, the tests that stop the real RabbitMQ (they would disturb the others).
 cargo test --locked --test it -- --ignored --test-threads=1

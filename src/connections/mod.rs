@@ -4,9 +4,11 @@
 //! registered on Aircall and only the **fingerprint** of that webhook's token. Neither secret is
 //! ever stored or logged in clear.
 //!
-//! Keys: `{prefix}:connection:{id}` (hash) and `{prefix}:connections` (set of ids).
+//! Keys: `{prefix}:connection:{id}` (hash), `{prefix}:connection:{id}:users` (set of the paying
+//! users' normalised emails) and `{prefix}:connections` (set of ids).
 
 mod connect;
+pub mod outcomes;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +20,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 pub use connect::{ConnectError, ConnectRequest, connect, webhook_url};
+pub use outcomes::{Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, StoredCall};
+
+use crate::import::rules::PayingUsers;
 
 /// A connection id: 1 to 64 of `a-z`, `0-9`, `_`, `-` (it appears in URLs and Redis keys).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -157,6 +162,23 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 ";
 
+/// Replaces the paying users of an existing connection. KEYS: the connection hash, its users
+/// set. ARGV: now (ms), then the emails. Returns 0 for an unknown connection.
+const SET_USERS_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'users_changed_at_ms', ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') == 'waiting_for_users' then
+  redis.call('HSET', KEYS[1], 'status', 'active')
+end
+return 1
+";
+
 /// The connections in Redis, with a small in-process cache of webhook fingerprints for the
 /// webhook endpoint (hit on every webhook).
 #[derive(Clone)]
@@ -189,6 +211,10 @@ impl ConnectionStore {
 
     fn key(&self, id: &ConnectionId) -> String {
         format!("{}:connection:{id}", self.prefix)
+    }
+
+    fn users_key(&self, id: &ConnectionId) -> String {
+        format!("{}:connection:{id}:users", self.prefix)
     }
 
     fn index_key(&self) -> String {
@@ -255,6 +281,8 @@ impl ConnectionStore {
             .atomic()
             .del(self.key(id))
             .ignore()
+            .del(self.users_key(id))
+            .ignore()
             .srem(self.index_key(), id.as_str())
             .ignore()
             .query_async::<()>(&mut self.redis.clone())
@@ -275,6 +303,30 @@ impl ConnectionStore {
             .invoke_async::<i64>(&mut self.redis.clone())
             .await
             .map(drop)
+    }
+
+    /// Replaces a connection's paying users; `false` when the connection does not exist. A
+    /// connection waiting for its users becomes active.
+    pub async fn set_paying_users(
+        &self,
+        id: &ConnectionId,
+        users: &PayingUsers,
+        now_ms: i64,
+    ) -> Result<bool, redis::RedisError> {
+        let set_users = redis::Script::new(SET_USERS_LUA);
+        let mut script = set_users.prepare_invoke();
+        script.key(self.key(id)).key(self.users_key(id)).arg(now_ms);
+        for email in users.sorted() {
+            script.arg(email);
+        }
+        let done: i64 = script.invoke_async(&mut self.redis.clone()).await?;
+        Ok(done == 1)
+    }
+
+    /// A connection's paying users (empty for an unknown connection).
+    pub async fn paying_users(&self, id: &ConnectionId) -> Result<PayingUsers, redis::RedisError> {
+        let emails: Vec<String> = self.redis.clone().smembers(self.users_key(id)).await?;
+        Ok(PayingUsers::new(emails))
     }
 
     /// The webhook-token fingerprint of a connection; `None` for an unknown connection.

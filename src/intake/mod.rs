@@ -254,6 +254,8 @@ impl Intake {
                 .unix_timestamp_nanos()
                 .div_euclid(1_000_000) as i64,
             request_id: Some(request_id.to_string()),
+            attempt: 0,
+            failure: None,
         });
         let body = message.encode();
         // Leave the spool half of what remains, should RabbitMQ not confirm.

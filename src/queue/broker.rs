@@ -206,6 +206,12 @@ impl Broker {
         Ok(link.connection.create_channel().await?)
     }
 
+    /// Declares the topology on `channel` (idempotent): a consumer does it before subscribing,
+    /// so a queue someone deleted is back before it consumes again.
+    pub async fn declare_topology(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        topology::declare(channel, &self.inner.names, &self.inner.settings).await
+    }
+
     /// Messages waiting in `queue` (a passive declare: the queue is never created by this).
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, PublishError> {
         let channel = self.channel().await?;

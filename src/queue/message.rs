@@ -48,6 +48,43 @@ pub struct ImportJob {
     /// The request that created the job (`x-request-id`), carried into the worker's logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Attempts that failed so far (0 for a new job); the retry queues carry it up.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Why the last attempt failed: set on jobs in the retry and dead-letter queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<JobFailure>,
+}
+
+/// The error a failed attempt ended with, as carried by a retried or dead-lettered job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// Stable code, e.g. `aircall_unavailable`, `invalid_credentials`, `attempts_exhausted`.
+    pub code: String,
+    /// The error and its causes, for people (never a secret).
+    pub message: String,
+    /// When it failed (Unix ms).
+    pub at_ms: i64,
+}
+
+impl ImportJob {
+    /// A new job for `call_id` of `connection_id`.
+    pub fn new(connection_id: &str, call_id: CallId, trigger: Trigger, now_ms: i64) -> Self {
+        Self {
+            version: IMPORT_JOB_VERSION,
+            job_id: new_job_id(),
+            connection_id: connection_id.to_string(),
+            call_id,
+            trigger,
+            event: None,
+            snapshot: None,
+            event_at: None,
+            received_at_ms: now_ms,
+            request_id: None,
+            attempt: 0,
+            failure: None,
+        }
+    }
 }
 
 /// A message body that cannot be read.
@@ -115,6 +152,8 @@ mod tests {
             event_at: Some(1_735_733_055),
             received_at_ms: 1_735_733_056_000,
             request_id: Some("req-1".into()),
+            attempt: 0,
+            failure: None,
         };
         let body = Message::ImportCall(job.clone()).encode();
         let text = String::from_utf8(body.clone()).unwrap();

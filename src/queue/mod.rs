@@ -8,6 +8,6 @@ pub mod spool;
 pub mod topology;
 
 pub use broker::{Broker, PublishError};
-pub use message::{IMPORT_JOB_VERSION, ImportJob, Message, Trigger};
+pub use message::{IMPORT_JOB_VERSION, ImportJob, JobFailure, Message, Trigger};
 pub use spool::Spool;
 pub use topology::QueueNames;

@@ -201,13 +201,8 @@ pub fn format_amz_date(unix_s: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Reads an `X-Amz-Date` back into Unix seconds.
-pub fn parse_amz_date(text: &str) -> Option<i64> {
-    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    time::PrimitiveDateTime::parse(text, &format)
-        .ok()
-        .map(|t| t.assume_utc().unix_timestamp())
-}
+/// Reads an `X-Amz-Date` back into Unix seconds (the worker reads it the same way).
+pub use crate::import::download::parse_amz_date;
 
 #[cfg(test)]
 mod tests {

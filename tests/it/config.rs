@@ -55,7 +55,13 @@ fn every_invalid_value_is_reported_by_the_name_of_its_setting() {
         ("AIRCALL_INGEST_ADMIN_TOKEN", "short", "admin_token"),
         ("AIRCALL_INGEST_SECRET_KEY", "c2hvcnQ=", "secret_key"),
         ("AIRCALL_INGEST_SECRET_KEY", "not base64!", "secret_key"),
-        ("AIRCALL_INGEST_STORAGE_DIR", "", "storage_dir"),
+        ("AIRCALL_INGEST_STORAGE__ROOT", "", "storage.root"),
+        ("AIRCALL_INGEST_WORKER__PREFETCH", "2", "worker.prefetch"),
+        (
+            "AIRCALL_INGEST_IMPORT__RECORDING_HOSTS",
+            "a b",
+            "import.recording_hosts",
+        ),
         ("AIRCALL_INGEST_SERVE__LISTEN", "localhost", "serve.listen"),
         (
             "AIRCALL_INGEST_AIRCALL__CONNECT_TIMEOUT_MS",

@@ -91,3 +91,40 @@ async fn a_real_rabbitmq_restart_costs_no_webhook_and_no_restart_of_the_service(
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the machine's RabbitMQ: run alone (deploy/local/test.sh does)"]
+async fn the_worker_consumes_again_after_a_real_rabbitmq_restart_with_its_prefetch() {
+    use aircall_ingest::connections::Outcome;
+    let mut h = crate::worker::Harness::start("worker-restart", crate::helpers::roomy_sim(), |s| {
+        s.worker.prefetch = 11;
+    })
+    .await;
+    h.start_worker();
+    let first = h.add_call(&h.call(10_000));
+    h.wait_outcome(first, |r| r.outcome == Outcome::Imported)
+        .await;
+
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+
+    // The webhook of a call ending now is spooled or queued, and imported either way.
+    let second = h.add_call(&h.call(10_000));
+    h.wait_outcome(second, |r| r.outcome == Outcome::Imported)
+        .await;
+    let import = h.app.ctx.broker.names().import.clone();
+    let prefetch = Command::new("rabbitmqctl")
+        .args(["list_consumers", "-q", "queue_name", "prefetch_count"])
+        .output()
+        .expect("rabbitmqctl runs here");
+    let listing = String::from_utf8_lossy(&prefetch.stdout).to_string();
+    let ours: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.split_whitespace().next() == Some(import.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "one consumer after the restart: {listing}");
+    assert!(ours[0].ends_with("11"), "prefetch re-applied: {listing}");
+    h.stop().await;
+}

@@ -785,6 +785,8 @@ async fn a_publishing_channel_closed_by_the_broker_is_reopened() {
         event_at: None,
         received_at_ms: 0,
         request_id: None,
+        attempt: 0,
+        failure: None,
     });
 
     // Publishing to an exchange that does not exist makes RabbitMQ close the channel.

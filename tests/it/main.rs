@@ -9,5 +9,7 @@ mod helpers;
 mod intake;
 mod proxy;
 mod rate_limit;
+mod s3;
 mod simulator;
 mod spool;
+mod worker;

@@ -1,0 +1,404 @@
+//! Per-call outcomes: every decision about a call — imported, skipped with its reason, pending,
+//! failed — kept per connection, queryable newest first by outcome and reason. This is what an
+//! operator reads to answer "my calls are not being imported", and what makes the worker
+//! idempotent: a call recorded `imported` is never imported again.
+//!
+//! Keys, all of one connection in one Redis Cluster slot (the `{connection}` hash tag):
+//! - `{p}:calls:{c}` hash: call id → the JSON [`OutcomeRecord`];
+//! - `{p}:calls:{c}:all`, `…:outcome:{outcome}`, `…:reason:{reason}` sorted sets of call ids
+//!   scored by decision time (ms), for listing and counting;
+//! - `{p}:calls:{c}:pending` sorted set of pending call ids scored by when to look again.
+//!
+//! One Lua script moves a call between the indexes, so they never disagree with the hash. An
+//! `imported` record is terminal: nothing overwrites it but another `imported` record.
+
+use std::collections::BTreeMap;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use super::ConnectionId;
+use crate::aircall::{CallId, Direction};
+use crate::queue::Trigger;
+
+/// What became of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Imported,
+    Skipped,
+    Pending,
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [Self::Imported, Self::Skipped, Self::Pending, Self::Failed];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Imported => "imported",
+            Self::Skipped => "skipped",
+            Self::Pending => "pending",
+            Self::Failed => "failed",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+}
+
+/// Where an imported call's files are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCall {
+    /// Storage key of the recording.
+    pub recording_key: String,
+    /// Storage key of the metadata document.
+    pub metadata_key: String,
+    /// Storage location of the recording (`file://…`, `s3://…`).
+    pub location: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// One decision about one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub call_id: CallId,
+    pub outcome: Outcome,
+    /// The reason code: a skip reason (`user_not_matched`…), a pending reason
+    /// (`recording_not_ready`…) or a failure code (`invalid_credentials`…). None when imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the decision was made (Unix ms).
+    pub decided_at_ms: i64,
+    /// What brought the call in.
+    pub trigger: Trigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// Start of the call (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// Duration in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<i64>,
+    /// For failures: the error, as the worker saw it (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For imported calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredCall>,
+    /// For imported calls: the `call.imported` event was confirmed by RabbitMQ.
+    #[serde(default)]
+    pub announced: bool,
+    /// For pending calls: when to look again (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_at_ms: Option<i64>,
+    /// For pending calls: how many times the call was found pending.
+    #[serde(default)]
+    pub pending_checks: u32,
+}
+
+impl OutcomeRecord {
+    /// A sentence a person understands, for the admin API and the console.
+    pub fn explanation(&self) -> String {
+        let agent = self.agent_email.as_deref().unwrap_or("(none)");
+        match (self.outcome, self.reason.as_deref()) {
+            (Outcome::Imported, _) => "The call and its recording were imported.".into(),
+            (_, Some("outside_window")) => {
+                "The call started before the import window (the last 14 days by default).".into()
+            }
+            (_, Some("no_user")) => "No Aircall user (agent) took part in the call.".into(),
+            (_, Some("user_not_matched")) if self.agent_email.is_none() => {
+                "The agent has no email address in Aircall, so it cannot match a paying user."
+                    .into()
+            }
+            (_, Some("user_not_matched")) => {
+                format!("The agent's email {agent} does not belong to a paying user.")
+            }
+            (_, Some("no_recording")) => {
+                "The call has no recording in Aircall (recording off, too short, or not answered)."
+                    .into()
+            }
+            (_, Some("recording_too_large")) => {
+                "The recording is larger than the size limit (200 MB by default).".into()
+            }
+            (_, Some("first_import_cap")) => {
+                "The first import takes only the 200 most recent eligible calls.".into()
+            }
+            (_, Some("recording_not_ready")) => {
+                "The call was answered but Aircall has no recording yet; it is checked again until 24 hours after the call.".into()
+            }
+            (_, Some("not_finished")) => "The call is still in progress in Aircall.".into(),
+            (_, Some("invalid_credentials")) => {
+                "Aircall refused the connection's API credentials: check that the API ID and token are the ones shown at creation, not revoked, and created by an Aircall admin.".into()
+            }
+            (Outcome::Failed, Some(code)) => format!(
+                "The import failed ({code}){}.",
+                self.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            (outcome, reason) => format!(
+                "{} ({}).",
+                outcome.as_str(),
+                reason.unwrap_or("no reason recorded")
+            ),
+        }
+    }
+}
+
+/// Filter and page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeQuery {
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    /// Only decisions made at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+    /// Where the previous page ended ([`OutcomePage::next_cursor`]).
+    pub cursor: Option<String>,
+}
+
+/// One page of outcomes, newest first.
+#[derive(Debug, Clone)]
+pub struct OutcomePage {
+    pub items: Vec<OutcomeRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// Writes a record and moves the call between indexes. KEYS: the hash, the `all` index, the
+/// pending index. ARGV: index key prefix, call id, JSON, outcome, reason ('' for none),
+/// score (ms), recheck time ('' for none). Returns 0 when an `imported` record stood in the way.
+const RECORD_LUA: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if old then
+  local o = cjson.decode(old)
+  if o.outcome == 'imported' and ARGV[4] ~= 'imported' then
+    return 0
+  end
+  redis.call('ZREM', ARGV[1] .. 'outcome:' .. o.outcome, ARGV[2])
+  if type(o.reason) == 'string' then
+    redis.call('ZREM', ARGV[1] .. 'reason:' .. o.reason, ARGV[2])
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[2])
+redis.call('ZADD', ARGV[1] .. 'outcome:' .. ARGV[4], ARGV[6], ARGV[2])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', ARGV[1] .. 'reason:' .. ARGV[5], ARGV[6], ARGV[2])
+end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
+else
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+return 1
+";
+
+/// The outcome records in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct OutcomeStore {
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for OutcomeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutcomeStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutcomeStore {
+    pub fn new(redis: ConnectionManager, key_prefix: &str) -> Self {
+        Self {
+            redis,
+            prefix: key_prefix.to_string(),
+        }
+    }
+
+    fn base(&self, connection: &ConnectionId) -> String {
+        format!("{}:calls:{{{connection}}}", self.prefix)
+    }
+
+    fn index(&self, connection: &ConnectionId, name: &str) -> String {
+        format!("{}:{name}", self.base(connection))
+    }
+
+    /// Records `record`; `false` when the call was already imported and `record` is not an
+    /// import (the import stands).
+    pub async fn record(
+        &self,
+        connection: &ConnectionId,
+        record: &OutcomeRecord,
+    ) -> Result<bool, redis::RedisError> {
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let written: i64 = redis::Script::new(RECORD_LUA)
+            .key(self.base(connection))
+            .key(self.index(connection, "all"))
+            .key(self.index(connection, "pending"))
+            .arg(format!("{}:", self.base(connection)))
+            .arg(record.call_id.0)
+            .arg(json)
+            .arg(record.outcome.as_str())
+            .arg(record.reason.as_deref().unwrap_or(""))
+            .arg(record.decided_at_ms)
+            .arg(
+                record
+                    .recheck_at_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            )
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(written == 1)
+    }
+
+    pub async fn get(
+        &self,
+        connection: &ConnectionId,
+        call: CallId,
+    ) -> Result<Option<OutcomeRecord>, redis::RedisError> {
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.base(connection))
+            .arg(call.0)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Number of calls per outcome and per reason.
+    pub async fn counts(
+        &self,
+        connection: &ConnectionId,
+    ) -> Result<BTreeMap<String, u64>, redis::RedisError> {
+        let mut names: Vec<String> = Outcome::ALL
+            .iter()
+            .map(|o| format!("outcome:{}", o.as_str()))
+            .collect();
+        names.extend(
+            crate::import::rules::SkipReason::ALL
+                .iter()
+                .map(|r| format!("reason:{}", r.as_str())),
+        );
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("ZCARD").arg(self.index(connection, name));
+        }
+        let values: Vec<u64> = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(names
+            .into_iter()
+            .zip(values)
+            .filter(|(_, count)| *count > 0)
+            .collect())
+    }
+
+    /// Calls pending whose re-check is due at `now_ms`, oldest due first.
+    pub async fn due_pending(
+        &self,
+        connection: &ConnectionId,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CallId>, redis::RedisError> {
+        let ids: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.index(connection, "pending"))
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(ids.into_iter().map(CallId).collect())
+    }
+
+    /// A page of outcomes, newest decision first.
+    pub async fn list(
+        &self,
+        connection: &ConnectionId,
+        query: &OutcomeQuery,
+    ) -> Result<OutcomePage, redis::RedisError> {
+        let index = match (&query.outcome, &query.reason) {
+            (_, Some(reason)) => self.index(connection, &format!("reason:{reason}")),
+            (Some(outcome), None) => {
+                self.index(connection, &format!("outcome:{}", outcome.as_str()))
+            }
+            (None, None) => self.index(connection, "all"),
+        };
+        let limit = query.limit.clamp(1, 500);
+        // The cursor is the last item's (score, call id); ties at one millisecond are ordered
+        // by id, as Redis orders them, so no item is skipped or repeated.
+        let cursor = query.cursor.as_deref().and_then(parse_cursor);
+        let max = cursor.map_or("+inf".to_string(), |(score, _)| score.to_string());
+        let min = query
+            .since_ms
+            .map_or("-inf".to_string(), |since| since.to_string());
+        let mut items = Vec::new();
+        let mut offset = 0usize;
+        let mut last: Option<(i64, u64)> = None;
+        'pages: loop {
+            let batch: Vec<(u64, i64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&index)
+                .arg(&max)
+                .arg(&min)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(limit + 1)
+                .query_async(&mut self.redis.clone())
+                .await?;
+            let fetched = batch.len();
+            offset += fetched;
+            let batch: Vec<(u64, i64)> = batch
+                .into_iter()
+                .filter(|(id, score)| match cursor {
+                    Some((cs, cid)) => *score < cs || id.to_string() < cid.to_string(),
+                    None => true,
+                })
+                .collect();
+            if !batch.is_empty() {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.base(connection));
+                for (id, _) in &batch {
+                    cmd.arg(*id);
+                }
+                let records: Vec<Option<String>> = cmd.query_async(&mut self.redis.clone()).await?;
+                for ((id, score), json) in batch.into_iter().zip(records) {
+                    if items.len() == limit {
+                        break 'pages;
+                    }
+                    if let Some(record) =
+                        json.and_then(|j| serde_json::from_str::<OutcomeRecord>(&j).ok())
+                    {
+                        // The reason index serves both outcome filters at once.
+                        let wanted = query.outcome.is_none_or(|o| o == record.outcome);
+                        if wanted {
+                            items.push(record);
+                            last = Some((score, id));
+                        }
+                    }
+                }
+            }
+            if fetched <= limit {
+                break;
+            }
+        }
+        let more = items.len() == limit;
+        Ok(OutcomePage {
+            next_cursor: last
+                .filter(|_| more)
+                .map(|(score, id)| format!("{score}.{id}")),
+            items,
+        })
+    }
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, u64)> {
+    let (score, id) = text.split_once('.')?;
+    Some((score.parse().ok()?, id.parse().ok()?))
+}

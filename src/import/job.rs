@@ -1,0 +1,708 @@
+//! One import job, start to finish, without any AMQP type: [`Importer::process`] takes the job
+//! and says what became of it, so tests call it directly and the consumer only acks.
+//!
+//! The order of the steps is what makes "exactly one import per call" hold through crashes and
+//! duplicate deliveries:
+//!
+//! 1. a call recorded `imported` (and announced) is done: nothing else happens;
+//! 2. the per-call lease: while another worker holds it, the job waits in a retry queue;
+//! 3. under the lease, the outcome is read again, then the call (the job's snapshot while its
+//!    recording URL is fresh, else `GET /v1/calls/:id`), then the rules;
+//! 4. the recording streams to a temporary object, renamed only once complete; the metadata
+//!    document is written beside it;
+//! 5. the outcome `imported` is recorded, then `call.imported` is published with a confirm and
+//!    the record marked announced. A crash between the two leaves an unannounced import, which
+//!    the next delivery announces without downloading again (at-least-once events, keyed by
+//!    `event_id`).
+//!
+//! Failures split three ways: transient ones go to the next retry queue, with the attempt
+//! count and the error in the job; permanent ones, and transient ones out of attempts, go to
+//! the dead-letter queue with their error and are recorded `failed`; Aircall refusing the
+//! credentials also marks the connection `invalid_credentials`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::download::{DownloadError, Downloader};
+use super::lease::{Lease, Leases};
+use super::metadata::{self, CallMetadata, RecordingInfo};
+use super::rules::{self, Decision, PendingReason, Rules, SkipReason};
+use super::storage::{Storage, StorageError};
+use crate::aircall::{Aircall, AircallError, Call, CallId, CallStatus, Credentials};
+use crate::connections::{
+    ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore, Outcome, OutcomeRecord,
+    OutcomeStore, StoredCall,
+};
+use crate::crypto::Keys;
+use crate::queue::broker::Envelope;
+use crate::queue::topology::CALL_IMPORTED;
+use crate::queue::{Broker, ImportJob, JobFailure, Message, PublishError, Trigger};
+
+/// Version of the `call.imported` event's shape.
+pub const EVENT_VERSION: u32 = 1;
+/// First re-check of a pending call; each later one waits twice as long.
+const FIRST_RECHECK: Duration = Duration::from_secs(5 * 60);
+/// Longest wait between two re-checks of a pending call.
+const LONGEST_RECHECK: Duration = Duration::from_secs(4 * 3600);
+/// A signed URL this close to its expiry is not worth starting a download with.
+const URL_EXPIRY_MARGIN_S: i64 = 60;
+
+/// The `call.imported` event: the metadata, and a key for consumers to drop the rare duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallImported {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    /// `{connection}:{call id}`: the same for every announcement of one call.
+    pub event_id: String,
+    pub metadata: CallMetadata,
+}
+
+/// What a job came to when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Imported,
+    Skipped(SkipReason),
+    Pending(PendingReason),
+    /// Imported (or finally skipped) before: nothing to do.
+    AlreadyDone,
+    /// Imported before, but its event was not confirmed: announced now.
+    Announced,
+    /// The connection no longer exists.
+    ConnectionGone,
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("the job names an invalid connection id")]
+    InvalidConnectionId,
+    #[error("another worker is importing this call")]
+    Busy,
+    #[error(transparent)]
+    Aircall(#[from] AircallError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("Redis failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("publishing the call.imported event failed")]
+    Publish(#[from] PublishError),
+    #[error("the stored API token cannot be decrypted with the configured secret_key")]
+    CredentialsUnreadable,
+    #[error("the connection's credentials were found invalid before")]
+    KnownInvalidCredentials,
+    #[error("the call is recorded imported but its metadata is missing from storage")]
+    MetadataMissing,
+}
+
+/// What to do with a failed job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again after a delay, as a new attempt.
+    Retry,
+    /// Try again after the shortest delay, without counting an attempt.
+    Defer,
+    /// Straight to the dead-letter queue.
+    DeadLetter,
+    /// Give the job back to RabbitMQ unacknowledged (shutting down).
+    Requeue,
+}
+
+impl JobError {
+    /// A stable code for the dead-letter queue and the outcome record.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidConnectionId => "invalid_job",
+            Self::Busy => "busy",
+            Self::Aircall(AircallError::InvalidCredentials { .. })
+            | Self::KnownInvalidCredentials => "invalid_credentials",
+            Self::Aircall(AircallError::NotFound) => "call_not_found",
+            Self::Aircall(AircallError::RateLimited { .. }) => "aircall_rate_limited",
+            Self::Aircall(_) => "aircall_unavailable",
+            Self::Download(DownloadError::Refused(_)) => "recording_url_refused",
+            Self::Download(DownloadError::Storage(_)) | Self::Storage(_) => "storage_failed",
+            Self::Download(_) => "download_failed",
+            Self::Redis(_) => "redis_unavailable",
+            Self::Publish(_) => "broker_unavailable",
+            Self::CredentialsUnreadable => "credentials_unreadable",
+            Self::MetadataMissing => "metadata_missing",
+        }
+    }
+
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            // A key storage refuses is this build's bug: retrying cannot fix it.
+            Self::Storage(StorageError::InvalidKey(_))
+            | Self::Download(DownloadError::Storage(StorageError::InvalidKey(_))) => {
+                Disposition::DeadLetter
+            }
+            Self::Busy => Disposition::Defer,
+            Self::Aircall(AircallError::Cancelled) => Disposition::Requeue,
+            Self::Aircall(e) if e.is_transient() => Disposition::Retry,
+            Self::Download(e) if e.is_transient() => Disposition::Retry,
+            Self::Storage(_) | Self::Redis(_) | Self::Publish(_) => Disposition::Retry,
+            Self::InvalidConnectionId
+            | Self::Aircall(_)
+            | Self::Download(_)
+            | Self::CredentialsUnreadable
+            | Self::KnownInvalidCredentials
+            | Self::MetadataMissing => Disposition::DeadLetter,
+        }
+    }
+
+    fn invalid_credentials(&self) -> bool {
+        matches!(self, Self::Aircall(AircallError::InvalidCredentials { .. }))
+    }
+}
+
+/// What became of a job, for the consumer and the logs.
+#[derive(Debug)]
+pub enum Report {
+    Done(Handled),
+    /// Sent to a retry queue (`attempt` is the new count).
+    Retrying {
+        attempt: u32,
+        error: JobError,
+    },
+    Deferred,
+    DeadLettered(JobError),
+    /// Not settled: the consumer gives the delivery back.
+    Requeue(JobError),
+}
+
+/// Everything an import needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Importer {
+    pub connections: ConnectionStore,
+    pub outcomes: OutcomeStore,
+    pub leases: Leases,
+    pub storage: Storage,
+    pub downloader: Downloader,
+    pub aircall: Aircall,
+    pub keys: Arc<Keys>,
+    pub broker: Broker,
+    pub rules: Rules,
+    /// How long a job's snapshot URL is trusted without an expiry of its own.
+    pub recording_url_fresh: Duration,
+    /// Wait for RabbitMQ's confirms of retries, dead letters and events.
+    pub confirm_timeout: Duration,
+    /// Ends Aircall waits on shutdown.
+    pub cancel: CancellationToken,
+    /// Set once "nobody listens to call.imported" was said, so it is said once per process.
+    pub unrouted_warned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Importer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Importer")
+            .field("storage", &self.storage)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The expiry (Unix seconds) of an S3-style signed URL (`X-Amz-Date` + `X-Amz-Expires`).
+pub fn signed_url_expiry(url: &str) -> Option<i64> {
+    let url = url::Url::parse(url).ok()?;
+    let (mut date, mut expires) = (None, None);
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "X-Amz-Date" => date = super::download::parse_amz_date(&value),
+            "X-Amz-Expires" => expires = value.parse::<i64>().ok(),
+            _ => {}
+        }
+    }
+    Some(date? + expires?)
+}
+
+/// The job's snapshot, if it can be trusted now: a finished call whose recording URL (if any)
+/// is young enough and not about to expire.
+pub fn fresh_snapshot(job: &ImportJob, now_ms: i64, fresh_for: Duration) -> Option<&Call> {
+    let call = job.snapshot.as_ref()?;
+    if call.status != Some(CallStatus::Done) {
+        return None;
+    }
+    if now_ms.saturating_sub(job.received_at_ms) >= fresh_for.as_millis() as i64 {
+        return None;
+    }
+    let expiring = call
+        .recording
+        .as_deref()
+        .and_then(signed_url_expiry)
+        .is_some_and(|expiry| expiry - URL_EXPIRY_MARGIN_S <= now_ms / 1000);
+    (!expiring).then_some(call)
+}
+
+impl Importer {
+    /// Runs `job` and settles it: retried, deferred or dead-lettered through RabbitMQ as its
+    /// outcome requires. An `Err` means that settlement could not be published: the consumer
+    /// must give the delivery back to RabbitMQ.
+    pub async fn process(&self, job: ImportJob) -> Result<Report, PublishError> {
+        let error = match self.handle(&job).await {
+            Ok(handled) => return Ok(Report::Done(handled)),
+            Err(error) => error,
+        };
+        match error.disposition() {
+            Disposition::Requeue => Ok(Report::Requeue(error)),
+            Disposition::Defer => {
+                let queue = self.broker.names().retries[0].clone();
+                self.publish_job(&queue, &job).await?;
+                Ok(Report::Deferred)
+            }
+            Disposition::Retry if (job.attempt as usize) < self.broker.names().retries.len() => {
+                let queue = self.broker.names().retries[job.attempt as usize].clone();
+                let mut next = job;
+                next.attempt += 1;
+                next.failure = Some(self.failure(&error));
+                self.publish_job(&queue, &next).await?;
+                Ok(Report::Retrying {
+                    attempt: next.attempt,
+                    error,
+                })
+            }
+            Disposition::Retry | Disposition::DeadLetter => {
+                self.dead_letter(job, &error).await?;
+                Ok(Report::DeadLettered(error))
+            }
+        }
+    }
+
+    fn failure(&self, error: &JobError) -> JobFailure {
+        JobFailure {
+            code: error.code().to_string(),
+            message: error_chain(error),
+            at_ms: now_ms(),
+        }
+    }
+
+    async fn publish_job(&self, queue: &str, job: &ImportJob) -> Result<(), PublishError> {
+        let message = Message::ImportCall(job.clone());
+        self.broker
+            .publish_to(
+                "",
+                queue,
+                (&message).into(),
+                &message.encode(),
+                self.confirm_timeout,
+            )
+            .await
+    }
+
+    /// Parks the job in the dead-letter queue with its error, and records the call `failed`.
+    async fn dead_letter(&self, mut job: ImportJob, error: &JobError) -> Result<(), PublishError> {
+        let failure = self.failure(error);
+        job.failure = Some(failure.clone());
+        let dead = self.broker.names().dead.clone();
+        self.publish_job(&dead, &job).await?;
+        let Ok(connection) = ConnectionId::parse(&job.connection_id) else {
+            return Ok(());
+        };
+        if error.invalid_credentials() {
+            if let Err(e) = self
+                .connections
+                .set_status(&connection, ConnectionStatus::InvalidCredentials)
+                .await
+            {
+                warn!(error = %e, "cannot mark the connection invalid_credentials");
+            }
+            warn!(connection = %connection, "Aircall refuses the connection's credentials; its jobs are parked in the dead-letter queue");
+        }
+        let mut record = self.record_for(&job, job.snapshot.as_ref(), Outcome::Failed);
+        record.reason = Some(failure.code);
+        record.error = Some(failure.message);
+        if let Err(e) = self.outcomes.record(&connection, &record).await {
+            warn!(error = %e, "cannot record the failed outcome");
+        }
+        Ok(())
+    }
+
+    /// Imports the call of `job` if it should be, and records the decision.
+    pub async fn handle(&self, job: &ImportJob) -> Result<Handled, JobError> {
+        let id =
+            ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
+        let Some(connection) = self.connections.get(&id).await? else {
+            info!("the connection no longer exists; job dropped");
+            return Ok(Handled::ConnectionGone);
+        };
+        if self.already_done(&id, job).await? {
+            return Ok(Handled::AlreadyDone);
+        }
+        let Some(lease) = self.leases.acquire(&id, job.call_id).await? else {
+            return Err(JobError::Busy);
+        };
+        let handled = self.handle_leased(&connection, job, &lease).await;
+        lease.release().await;
+        handled
+    }
+
+    /// Imported and announced, or skipped for good: nothing left to do (a manual job decides
+    /// a skipped call again).
+    async fn already_done(&self, id: &ConnectionId, job: &ImportJob) -> Result<bool, JobError> {
+        let Some(record) = self.outcomes.get(id, job.call_id).await? else {
+            return Ok(false);
+        };
+        Ok(match record.outcome {
+            Outcome::Imported => record.announced,
+            Outcome::Skipped => {
+                job.trigger != Trigger::Manual
+                    && record
+                        .reason
+                        .as_deref()
+                        .and_then(skip_reason)
+                        .is_some_and(SkipReason::is_final)
+            }
+            Outcome::Pending | Outcome::Failed => false,
+        })
+    }
+
+    async fn handle_leased(
+        &self,
+        connection: &ConnectionRecord,
+        job: &ImportJob,
+        lease: &Lease,
+    ) -> Result<Handled, JobError> {
+        let id = &connection.id;
+        // Another delivery may have finished while this one waited for the lease.
+        if let Some(record) = self.outcomes.get(id, job.call_id).await?
+            && record.outcome == Outcome::Imported
+        {
+            if record.announced {
+                return Ok(Handled::AlreadyDone);
+            }
+            self.announce_stored(id, record).await?;
+            return Ok(Handled::Announced);
+        }
+        if self.already_done(id, job).await? {
+            return Ok(Handled::AlreadyDone);
+        }
+
+        let mut fetched = false;
+        let mut call = match fresh_snapshot(job, now_ms(), self.recording_url_fresh) {
+            Some(snapshot) => snapshot.clone(),
+            None => {
+                fetched = true;
+                self.fetch_call(connection, job.call_id).await?
+            }
+        };
+        let users = self.connections.paying_users(id).await?;
+        loop {
+            let now = now_ms();
+            let decision = rules::decide(&call, now / 1000, &users, &self.rules);
+            debug!(?decision, fetched, "decided");
+            let (source, url) = match decision {
+                Decision::Skip(reason) => {
+                    self.record_skip(job, &call, reason).await?;
+                    return Ok(Handled::Skipped(reason));
+                }
+                Decision::Pending(reason) => {
+                    self.record_pending(job, &call, reason, now).await?;
+                    return Ok(Handled::Pending(reason));
+                }
+                Decision::Import { source, url } => (source, url),
+            };
+            let (recording_key, metadata_key) = metadata::storage_keys(id.as_str(), &call);
+            self.storage.clean_partials(&recording_key).await?;
+            let downloaded = self
+                .downloader
+                .download(
+                    &url,
+                    &self.storage,
+                    &recording_key,
+                    self.rules.max_recording_bytes,
+                    lease,
+                )
+                .await;
+            let downloaded = match downloaded {
+                Ok(downloaded) => downloaded,
+                Err(DownloadError::Expired { status }) if !fetched => {
+                    info!(
+                        status,
+                        "the recording link expired; fetching the call again"
+                    );
+                    fetched = true;
+                    call = self.fetch_call(connection, job.call_id).await?;
+                    continue;
+                }
+                Err(DownloadError::TooLarge { seen, how, .. }) => {
+                    info!(bytes = seen, how, "recording over the size limit");
+                    self.record_skip(job, &call, SkipReason::RecordingTooLarge)
+                        .await?;
+                    return Ok(Handled::Skipped(SkipReason::RecordingTooLarge));
+                }
+                Err(e) => return Err(e.into()),
+            };
+
+            let recording = RecordingInfo {
+                location: downloaded.stored.location.clone(),
+                key: recording_key.clone(),
+                size_bytes: downloaded.stored.bytes,
+                sha256: downloaded.sha256.clone(),
+                content_type: downloaded.content_type.clone(),
+                source,
+            };
+            let document = metadata::build(id.as_str(), &call, recording, job.trigger, now / 1000);
+            let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
+            self.storage
+                .put(&metadata_key, Bytes::from(body), "application/json")
+                .await?;
+            let mut record = self.record_for(job, Some(&call), Outcome::Imported);
+            record.stored = Some(StoredCall {
+                recording_key,
+                metadata_key,
+                location: downloaded.stored.location,
+                bytes: downloaded.stored.bytes,
+                sha256: downloaded.sha256,
+            });
+            self.outcomes.record(id, &record).await?;
+            info!(bytes = document.recording.size_bytes, "call imported");
+            self.announce(id, record, &document).await?;
+            return Ok(Handled::Imported);
+        }
+    }
+
+    async fn fetch_call(
+        &self,
+        connection: &ConnectionRecord,
+        call: CallId,
+    ) -> Result<Call, JobError> {
+        if connection.status == ConnectionStatus::InvalidCredentials {
+            return Err(JobError::KnownInvalidCredentials);
+        }
+        let api_token = self
+            .keys
+            .decrypt(&connection.api_token_sealed, connection.id.as_str())
+            .map_err(|_| JobError::CredentialsUnreadable)?;
+        let client = self.aircall.client(
+            Credentials {
+                api_id: connection.api_id.clone(),
+                api_token,
+            },
+            connection.id.as_str(),
+            self.cancel.clone(),
+        );
+        Ok(client.get_call(call).await?)
+    }
+
+    /// The outcome record of `job`'s call, filled from `call` when known.
+    fn record_for(&self, job: &ImportJob, call: Option<&Call>, outcome: Outcome) -> OutcomeRecord {
+        let user = call.and_then(|c| c.user.as_ref());
+        OutcomeRecord {
+            call_id: job.call_id,
+            outcome,
+            reason: None,
+            decided_at_ms: now_ms(),
+            trigger: job.trigger,
+            agent_email: user.and_then(|u| u.email.clone()),
+            agent_name: user.and_then(|u| u.name.clone()),
+            direction: call.and_then(|c| c.direction),
+            started_at: call.and_then(|c| c.started_at),
+            duration: call.and_then(|c| c.duration),
+            error: None,
+            stored: None,
+            announced: false,
+            recheck_at_ms: None,
+            pending_checks: 0,
+        }
+    }
+
+    async fn record_skip(
+        &self,
+        job: &ImportJob,
+        call: &Call,
+        reason: SkipReason,
+    ) -> Result<(), JobError> {
+        let mut record = self.record_for(job, Some(call), Outcome::Skipped);
+        record.reason = Some(reason.as_str().to_string());
+        let id =
+            ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
+        self.outcomes.record(&id, &record).await?;
+        info!(reason = reason.as_str(), "call skipped");
+        Ok(())
+    }
+
+    async fn record_pending(
+        &self,
+        job: &ImportJob,
+        call: &Call,
+        reason: PendingReason,
+        now_ms: i64,
+    ) -> Result<(), JobError> {
+        let id =
+            ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
+        let checks = match self.outcomes.get(&id, job.call_id).await? {
+            Some(previous) if previous.outcome == Outcome::Pending => previous.pending_checks + 1,
+            _ => 1,
+        };
+        let wait = FIRST_RECHECK
+            .saturating_mul(1 << (checks - 1).min(16))
+            .min(LONGEST_RECHECK);
+        let mut recheck_at = now_ms + wait.as_millis() as i64;
+        if reason == PendingReason::RecordingNotReady
+            && let Some(deadline) = self.rules.recording_deadline(call)
+        {
+            recheck_at = recheck_at.min(deadline * 1000);
+        }
+        let mut record = self.record_for(job, Some(call), Outcome::Pending);
+        record.reason = Some(reason.as_str().to_string());
+        record.recheck_at_ms = Some(recheck_at);
+        record.pending_checks = checks;
+        self.outcomes.record(&id, &record).await?;
+        info!(reason = reason.as_str(), checks, "call pending");
+        Ok(())
+    }
+
+    /// Publishes `call.imported` for a recorded import, then marks it announced.
+    async fn announce(
+        &self,
+        id: &ConnectionId,
+        mut record: OutcomeRecord,
+        document: &CallMetadata,
+    ) -> Result<(), JobError> {
+        let event = CallImported {
+            kind: CALL_IMPORTED.to_string(),
+            version: EVENT_VERSION,
+            event_id: format!("{id}:{}", record.call_id.0),
+            metadata: document.clone(),
+        };
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let envelope = Envelope {
+            id: Some(&event.event_id),
+            kind: Some(CALL_IMPORTED),
+        };
+        let exchange = self.broker.names().events.clone();
+        match self
+            .broker
+            .publish_to(
+                &exchange,
+                CALL_IMPORTED,
+                envelope,
+                &body,
+                self.confirm_timeout,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(PublishError::Unroutable(_)) => {
+                if !self.unrouted_warned.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        exchange,
+                        "no queue is bound to the events exchange for call.imported: events are dropped until a consumer binds one"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        record.announced = true;
+        self.outcomes.record(id, &record).await?;
+        Ok(())
+    }
+
+    /// Announces an import recorded earlier, from its stored metadata.
+    async fn announce_stored(
+        &self,
+        id: &ConnectionId,
+        record: OutcomeRecord,
+    ) -> Result<(), JobError> {
+        let key = record
+            .stored
+            .as_ref()
+            .map(|s| s.metadata_key.clone())
+            .ok_or(JobError::MetadataMissing)?;
+        let body = self
+            .storage
+            .get(&key)
+            .await?
+            .ok_or(JobError::MetadataMissing)?;
+        let document: CallMetadata =
+            serde_json::from_slice(&body).map_err(|_| JobError::MetadataMissing)?;
+        self.announce(id, record, &document).await
+    }
+}
+
+fn skip_reason(code: &str) -> Option<SkipReason> {
+    SkipReason::ALL.into_iter().find(|r| r.as_str() == code)
+}
+
+/// An error with its causes, one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_urls_tell_their_expiry() {
+        let url = "https://s.example.com/r.mp3?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261129T062800Z&X-Amz-Expires=600&X-Amz-Signature=ab";
+        let signed = crate::sim::recording::parse_amz_date("20261129T062800Z").unwrap();
+        assert_eq!(signed_url_expiry(url), Some(signed + 600));
+        assert_eq!(signed_url_expiry("https://s.example.com/r.mp3"), None);
+    }
+
+    #[test]
+    fn a_snapshot_is_trusted_only_while_fresh() {
+        let mut call = Call::bare(CallId(7));
+        call.status = Some(CallStatus::Done);
+        let mut job = ImportJob::new("acme", CallId(7), Trigger::Webhook, 1_000_000);
+        job.snapshot = Some(call.clone());
+        let fresh = Duration::from_secs(300);
+        assert!(fresh_snapshot(&job, 1_000_000 + 299_999, fresh).is_some());
+        assert!(fresh_snapshot(&job, 1_000_000 + 300_000, fresh).is_none());
+
+        // A URL about to expire is not fresh, however young the job.
+        let signed = 1_000; // seconds
+        call.recording = Some(format!(
+            "https://s.example.com/r.mp3?X-Amz-Date={}&X-Amz-Expires=100",
+            crate::sim::recording::format_amz_date(signed)
+        ));
+        job.snapshot = Some(call.clone());
+        assert!(fresh_snapshot(&job, (signed + 30) * 1000, fresh).is_some());
+        assert!(fresh_snapshot(&job, (signed + 41) * 1000, fresh).is_none());
+
+        // A call not finished is always fetched again.
+        call.status = Some(CallStatus::Answered);
+        job.snapshot = Some(call);
+        assert!(fresh_snapshot(&job, 1_000_000, fresh).is_none());
+    }
+
+    #[test]
+    fn transient_errors_retry_and_permanent_ones_go_to_dead_letters() {
+        let retry = JobError::Download(DownloadError::Truncated {
+            received: 1,
+            expected: 2,
+        });
+        assert_eq!(retry.disposition(), Disposition::Retry);
+        let dead = JobError::Aircall(AircallError::InvalidCredentials { status: 403 });
+        assert_eq!(dead.disposition(), Disposition::DeadLetter);
+        assert_eq!(dead.code(), "invalid_credentials");
+        assert_eq!(JobError::Busy.disposition(), Disposition::Defer);
+        assert_eq!(
+            JobError::Download(DownloadError::Refused("x".into())).disposition(),
+            Disposition::DeadLetter
+        );
+        assert_eq!(
+            JobError::Aircall(AircallError::Cancelled).disposition(),
+            Disposition::Requeue
+        );
+    }
+}
