@@ -5,10 +5,10 @@
 #   deploy/local/run.sh           run until Ctrl-C
 #   deploy/local/run.sh --once    show what there is to see, then stop (used to check the demo)
 #
-# What runs today: `serve` (webhooks become durable jobs in RabbitMQ), the `connect` command
-# (the demo company's webhook registered on the simulator) and the `probe` and `status` tools.
-# The worker and the reconciler arrive with their issues and will be started here too.
-# Logs go to .local/*.log.
+# What runs today: `all` (webhook intake and the import worker in one process), the `connect`
+# and `users` commands (the demo company's webhook registered on the simulator, its paying
+# agents set) and the `probe` and `status` tools. Recordings and metadata land under ./data/demo.
+# The reconciler arrives with its issue and will be started here too. Logs go to .local/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -56,38 +56,52 @@ export AIRCALL_INGEST_PUBLIC_URL="http://$SERVE_ADDR"
 export AIRCALL_INGEST_REDIS_KEY_PREFIX=$PREFIX
 export AIRCALL_INGEST_QUEUE__PREFIX=$PREFIX
 export AIRCALL_INGEST_LOG__FORMAT=json
+# The simulator serves recordings itself, over plain HTTP (development mode allows it).
+export AIRCALL_INGEST_IMPORT__RECORDING_HOSTS=127.0.0.1
+export AIRCALL_INGEST_STORAGE__ROOT=./data
 
 # A fresh demo each time: the simulator forgets its webhooks when it stops.
 if command -v redis-cli >/dev/null 2>&1; then
   redis-cli --scan --pattern "$PREFIX:*" | xargs -r redis-cli del >/dev/null
 fi
+rm -rf data/demo
 
 start simulator "serving" .local/simulator.log \
   "$bin" simulate --listen "$SIM_ADDR" --webhook-delay-secs 5
 echo "[demo] simulated Aircall:"
 grep -v '^{' .local/simulator.log | sed 's/^/[demo]   /'
 
-start serve "serving webhooks" .local/serve.log "$bin" serve --listen "$SERVE_ADDR"
-echo "[demo] serve is answering webhooks at http://$SERVE_ADDR/webhooks/aircall/{connection}"
+start all "serving webhooks" .local/serve.log "$bin" all --listen "$SERVE_ADDR"
+echo "[demo] webhooks answered at http://$SERVE_ADDR/webhooks/aircall/{connection}; the worker imports"
 
 export AIRCALL_API_ID=demo-api-id AIRCALL_API_TOKEN=demo-api-token
 echo "[demo] checking the demo company's credentials and its last 14 days:"
 "$bin" probe --days 14 2>>.local/probe.log | sed 's/^/[demo]   /'
 echo "[demo] connecting it (webhook registered on the simulated Aircall):"
 "$bin" connect --id demo 2>>.local/connect.log | sed 's/^/[demo]   /'
+# The simulator prints the agents the scenario made paying users of the platform.
+paying=$(sed -n 's/.*paying agents: //p' .local/simulator.log | head -n 1)
+echo "[demo] paying users of the demo account: $paying"
+"$bin" users --id demo --email "$paying" 2>>.local/users.log | sed 's/^/[demo]   /'
+agent=${paying%%,*}
 
-echo "[demo] three calls end now; Aircall posts call.ended about 5 s later…"
-for _ in 1 2 3; do
-  curl -fsS -X POST "http://$SIM_ADDR/_sim/companies/1/calls" -H 'content-type: application/json' -d '{}' >/dev/null
-done
-for _ in $(seq 1 50); do
-  [ "$(grep -c '"webhook accepted"' .local/serve.log)" -ge 3 ] && break
+echo "[demo] four calls end now; Aircall posts call.ended about 5 s later:"
+echo "[demo]   two by $agent with recordings, one by an agent who does not pay, one unanswered"
+sim_call() {
+  curl -fsS -X POST "http://$SIM_ADDR/_sim/companies/1/calls" -H 'content-type: application/json' -d "$1" >/dev/null
+}
+sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":480000,\"with_contact\":true}"
+sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":1920000,\"direction\":\"outbound\"}"
+sim_call '{"agent_email":"someone.else@demo.example","recording_bytes":64000}'
+sim_call "{\"agent_email\":\"$agent\",\"answered\":false,\"recording_bytes\":null}"
+for _ in $(seq 1 100); do
+  [ "$(find data/demo -name '*.json' 2>/dev/null | wc -l)" -ge 2 ] && break
   sleep 0.2
 done
-echo "[demo] webhooks received by serve:"
-grep '"webhook accepted"' .local/serve.log \
-  | sed -E 's/.*"event":"([^"]*)".*"call_id":([0-9]+).*"outcome":"([^"]*)".*/[demo]   \1 for call \2: \3/'
-echo "[demo] what is waiting now:"
+sleep 1
+echo "[demo] stored under ./data/demo:"
+find data/demo -type f | sort | sed 's/^/[demo]   /'
+echo "[demo] imported and skipped:"
 "$bin" status 2>>.local/status.log | sed 's/^/[demo]   /'
 
 if [ "$once" -eq 1 ]; then
@@ -96,5 +110,6 @@ fi
 echo "[demo] running (a live call every ~30 s); try:"
 echo "[demo]   curl -X POST http://$SIM_ADDR/_sim/companies/1/calls -H 'content-type: application/json' -d '{}'"
 echo "[demo]   AIRCALL_INGEST_MODE=development AIRCALL_INGEST_QUEUE__PREFIX=$PREFIX AIRCALL_INGEST_REDIS_KEY_PREFIX=$PREFIX $bin status"
+echo "[demo]   ls -R data/demo"
 echo "[demo] Ctrl-C stops everything."
 wait
