@@ -64,33 +64,27 @@ pub async fn run(
         loop {
             // Reap finished tasks so the set does not grow with the jobs done.
             while tasks.try_join_next().is_some() {}
+            // A free slot first, so a delivery never waits for one, and SIGTERM is heard even
+            // while every slot is busy.
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = cancel.cancelled() => {
+                    stop_consuming(&channel, &consumer, &mut tasks, settings.shutdown_timeout()).await;
+                    break 'subscribe;
+                }
+            };
+            let Ok(slot) = slot else {
+                break 'subscribe;
+            };
             let next = tokio::select! {
                 next = consumer.next() => next,
                 () = cancel.cancelled() => {
-                    // Stop deliveries; what was prefetched but not started is requeued when
-                    // the channel closes.
-                    let tag = consumer.tag();
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-                    )
-                    .await;
-                    drain(&mut tasks, settings.shutdown_timeout()).await;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        channel.close(200, "worker stopping".into()),
-                    )
-                    .await;
+                    stop_consuming(&channel, &consumer, &mut tasks, settings.shutdown_timeout()).await;
                     break 'subscribe;
                 }
             };
             match next {
                 Some(Ok(delivery)) => {
-                    // Wait for a free slot before taking the next delivery: the prefetch
-                    // bounds what waits here.
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        break 'subscribe;
-                    };
                     let importer = importer.clone();
                     tasks.spawn(async move {
                         settle(&importer, delivery).await;
@@ -99,7 +93,11 @@ pub async fn run(
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "the consumer's channel failed; waiting for recovery");
-                    match channel.wait_for_recovery(e).await {
+                    let recovered = tokio::select! {
+                        recovered = channel.wait_for_recovery(e) => recovered,
+                        () = cancel.cancelled() => break 'subscribe,
+                    };
+                    match recovered {
                         Ok(()) => {
                             // lapin replays the QoS too; setting it again costs one round trip
                             // and does not depend on that.
@@ -137,6 +135,28 @@ pub async fn run(
     }
     drain(&mut tasks, settings.shutdown_timeout()).await;
     info!("worker stopped");
+}
+
+/// Stops deliveries, lets in-flight imports finish (see [`drain`]) and closes the channel:
+/// what was prefetched but not started goes back to the queue.
+async fn stop_consuming(
+    channel: &Channel,
+    consumer: &Consumer,
+    tasks: &mut JoinSet<()>,
+    deadline: Duration,
+) {
+    let tag = consumer.tag();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+    )
+    .await;
+    drain(tasks, deadline).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        channel.close(200, "worker stopping".into()),
+    )
+    .await;
 }
 
 /// A channel with the prefetch set, consuming `queue` with manual acks.

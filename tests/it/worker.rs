@@ -1033,3 +1033,65 @@ async fn consumers(queue: &str) -> u32 {
     link.close().await;
     declared.map(|d| d.consumer_count()).unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_the_import_in_flight_finishes_and_the_rest_waits_in_the_queue() {
+    let mut h = Harness::start("worker-drain", roomy_sim(), |s| {
+        s.worker.concurrency = 1;
+        s.worker.prefetch = 1;
+        s.worker.shutdown_timeout_ms = 30_000;
+    })
+    .await;
+    let size = 60 * 1024 * 1024;
+    let first = h.add_call(&CallSpec {
+        notify: false,
+        ..h.call(size)
+    });
+    let second = h.add_call(&CallSpec {
+        notify: false,
+        ..h.call(size)
+    });
+    for call in [first, second] {
+        let mut job = ImportJob::new(CONNECTION, CallId(call), Trigger::Manual, 0);
+        job.snapshot = None;
+        h.app
+            .ctx
+            .broker
+            .publish(&Message::ImportCall(job), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    h.start_worker();
+    let storage = h.importer().storage;
+    assert!(
+        eventually_async(Duration::from_secs(20), || async {
+            !storage.partial_files().unwrap().is_empty()
+        })
+        .await
+    );
+    // SIGTERM while the first import downloads.
+    h.stop_worker().await;
+    let done: Vec<bool> = vec![
+        h.outcome(first)
+            .await
+            .is_some_and(|r| r.outcome == Outcome::Imported),
+        h.outcome(second)
+            .await
+            .is_some_and(|r| r.outcome == Outcome::Imported),
+    ];
+    assert_eq!(
+        done.iter().filter(|d| **d).count(),
+        1,
+        "exactly the one in flight finished"
+    );
+    let import_queue = h.app.ctx.broker.names().import.clone();
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            queue_depth(&import_queue).await == 1
+        })
+        .await,
+        "the job not started is back in the queue"
+    );
+    assert!(storage.partial_files().unwrap().is_empty());
+    h.stop().await;
+}
