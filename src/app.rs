@@ -113,7 +113,6 @@ impl Context {
             recording_url_fresh: settings.import.recording_url_fresh(),
             confirm_timeout: settings.queue.connect_timeout(),
             cancel: cancel.clone(),
-            unrouted_warned: Arc::default(),
         })
     }
 
@@ -395,6 +394,7 @@ async fn status(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut queues = vec![names.import.clone()];
     queues.extend(names.retries.iter().cloned());
     queues.push(names.dead.clone());
+    queues.push(names.unrouted.clone());
     for queue in queues {
         let depth = ctx
             .broker

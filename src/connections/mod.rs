@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 pub use connect::{ConnectError, ConnectRequest, connect, webhook_url};
-pub use outcomes::{Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, StoredCall};
+pub use outcomes::{Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, Recorded, StoredCall};
 
 use crate::import::rules::PayingUsers;
 

@@ -171,14 +171,23 @@ pub struct OutcomePage {
 }
 
 /// Writes a record and moves the call between indexes. KEYS: the hash, the `all` index, the
-/// pending index. ARGV: index key prefix, call id, JSON, outcome, reason ('' for none),
-/// score (ms), recheck time ('' for none). Returns 0 when an `imported` record stood in the way.
+/// pending index, the call's lease. ARGV: index key prefix, call id, JSON, outcome, reason ('' for
+/// none), score (ms), recheck time ('' for none), lease token ('' when not fenced).
+/// Returns 1 when written; 0 when an `imported` record stands (nothing overwrites it but
+/// another import); 2 when a `failed` record would hide a decision (a failure of one attempt
+/// does not undo a skip or a pending re-check); -1 when the lease is no longer the writer's.
 const RECORD_LUA: &str = r"
+if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[8] then
+  return -1
+end
 local old = redis.call('HGET', KEYS[1], ARGV[2])
 if old then
   local o = cjson.decode(old)
   if o.outcome == 'imported' and ARGV[4] ~= 'imported' then
     return 0
+  end
+  if ARGV[4] == 'failed' and (o.outcome == 'skipped' or o.outcome == 'pending') then
+    return 2
   end
   redis.call('ZREM', ARGV[1] .. 'outcome:' .. o.outcome, ARGV[2])
   if type(o.reason) == 'string' then
@@ -198,6 +207,18 @@ else
 end
 return 1
 ";
+
+/// What [`OutcomeStore::record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Written,
+    /// The call is imported already; the import stands.
+    KeptImport,
+    /// A failure was not written over a skip or a pending decision.
+    KeptDecision,
+    /// The write was fenced by a lease its writer no longer holds: nothing was written.
+    LeaseLost,
+}
 
 /// The outcome records in Redis. Cheap to clone.
 #[derive(Clone)]
@@ -230,18 +251,34 @@ impl OutcomeStore {
         format!("{}:{name}", self.base(connection))
     }
 
-    /// Records `record`; `false` when the call was already imported and `record` is not an
-    /// import (the import stands).
+    /// Records `record` (see [`Recorded`] for what may stand in the way).
     pub async fn record(
         &self,
         connection: &ConnectionId,
         record: &OutcomeRecord,
-    ) -> Result<bool, redis::RedisError> {
+    ) -> Result<Recorded, redis::RedisError> {
+        self.record_fenced(connection, record, None).await
+    }
+
+    /// Records `record` only while the lease `(key, token)` is still the writer's.
+    pub async fn record_fenced(
+        &self,
+        connection: &ConnectionId,
+        record: &OutcomeRecord,
+        lease: Option<(&str, &str)>,
+    ) -> Result<Recorded, redis::RedisError> {
         let json = serde_json::to_string(record).unwrap_or_default();
+        let (lease_key, token) = lease.unwrap_or(("", ""));
+        let lease_key = if lease_key.is_empty() {
+            self.index(connection, "lease:none")
+        } else {
+            lease_key.to_string()
+        };
         let written: i64 = redis::Script::new(RECORD_LUA)
             .key(self.base(connection))
             .key(self.index(connection, "all"))
             .key(self.index(connection, "pending"))
+            .key(lease_key)
             .arg(format!("{}:", self.base(connection)))
             .arg(record.call_id.0)
             .arg(json)
@@ -254,9 +291,15 @@ impl OutcomeStore {
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
             )
+            .arg(token)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(written == 1)
+        Ok(match written {
+            1 => Recorded::Written,
+            0 => Recorded::KeptImport,
+            2 => Recorded::KeptDecision,
+            _ => Recorded::LeaseLost,
+        })
     }
 
     pub async fn get(

@@ -2,19 +2,18 @@
 //! way, in constant memory.
 //!
 //! A URL is fetched only when its host is one of `import.recording_hosts` and, in production,
-//! over HTTPS: a webhook names the URL, and a forged-but-validly-tokened webhook must not make
-//! the worker fetch an internal address. No credential is ever sent with it (the signature is
-//! in the query string) and redirects are not followed.
+//! over HTTPS on the standard port, to a public address (names resolving to loopback, private,
+//! link-local or other internal addresses are refused): a webhook names the URL, and a
+//! forged-but-validly-tokened webhook must not make the worker fetch an internal address. No
+//! credential is ever sent with it (the signature is in the query string) and redirects are not
+//! followed. Errors never carry the URL: its signature is a secret.
 //!
 //! Whatever goes wrong, nothing appears under the final key: the upload is aborted, so a
 //! truncated or oversized body never becomes a stored file.
 
-use std::time::Instant;
-
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::lease::Lease;
 use super::storage::{Storage, StorageError, Stored};
 use crate::config::ImportSettings;
 
@@ -27,7 +26,8 @@ pub enum DownloadError {
     /// The URL is not one this service fetches (host not allowed, not HTTPS, not a URL).
     #[error("recording URL refused: {0}")]
     Refused(String),
-    /// 403 or 404 from the storage host: the signed link expired.
+    /// 400, 401, 403, 404 or 410 from the storage host: the signed link expired (S3 says so
+    /// with a 403, or a 400 `ExpiredToken` for links signed with temporary credentials).
     #[error("the recording link expired (HTTP {status})")]
     Expired { status: u16 },
     /// Any other non-2xx answer.
@@ -43,16 +43,17 @@ pub enum DownloadError {
     /// The body ended before its `Content-Length`.
     #[error("the recording ended after {received} of {expected} bytes")]
     Truncated { received: u64, expected: u64 },
-    /// Connecting or reading failed.
+    /// Connecting or reading failed. (The error carries no URL: signed URLs are secrets.)
     #[error("downloading the recording failed")]
     Broken(#[source] reqwest::Error),
     #[error("storing the recording failed")]
     Storage(#[from] StorageError),
-    /// Another worker took over the call (our lease lapsed).
-    #[error("the lease on the call was lost during the download")]
-    LeaseLost,
-    #[error("Redis failed while renewing the lease")]
-    Redis(#[from] redis::RedisError),
+}
+
+impl DownloadError {
+    fn broken(e: reqwest::Error) -> Self {
+        Self::Broken(e.without_url())
+    }
 }
 
 impl DownloadError {
@@ -60,13 +61,13 @@ impl DownloadError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Refused(_) | Self::TooLarge { .. } => false,
-            Self::Status { status } => *status >= 500 || *status == 429 || *status == 408,
-            Self::Expired { .. }
-            | Self::Truncated { .. }
-            | Self::Broken(_)
-            | Self::Storage(_)
-            | Self::LeaseLost
-            | Self::Redis(_) => true,
+            // A redirect is not followed (it could lead anywhere): a later link may not have one.
+            Self::Status { status } => {
+                (300..400).contains(status) || *status >= 500 || *status == 429 || *status == 408
+            }
+            Self::Expired { .. } | Self::Truncated { .. } | Self::Broken(_) | Self::Storage(_) => {
+                true
+            }
         }
     }
 }
@@ -85,6 +86,62 @@ pub fn parse_amz_date(text: &str) -> Option<i64> {
     time::PrimitiveDateTime::parse(text, &format)
         .ok()
         .map(|t| t.assume_utc().unix_timestamp())
+}
+
+/// Resolves names like the system does, keeping only public addresses: an allowed host name
+/// that resolves inside the network (a DNS trick, or a cloud name such as an internal load
+/// balancer's) is not fetched.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| is_public(addr.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `ip` is an address on the public internet.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                // 100.64.0.0/10, carrier-grade NAT.
+                || (a == 100 && (64..128).contains(&b))
+                // 198.18.0.0/15, benchmarking.
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // fc00::/7 unique local, fe80::/10 link-local.
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
 }
 
 /// A host pattern of `import.recording_hosts`.
@@ -122,13 +179,16 @@ pub struct Downloader {
 impl Downloader {
     /// `https_only` is production's rule; development also fetches plain HTTP (the simulator).
     pub fn new(settings: &ImportSettings, https_only: bool) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(settings.download_connect_timeout())
             // Between two reads; a 200 MB recording may take minutes in all, and that is fine.
             .read_timeout(settings.download_read_timeout())
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("aircall-ingest/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("aircall-ingest/", env!("CARGO_PKG_VERSION")));
+        if https_only {
+            http = http.dns_resolver(PublicAddressesOnly);
+        }
+        let http = http.build()?;
         Ok(Self {
             http,
             hosts: settings
@@ -152,6 +212,9 @@ impl Downloader {
                 )));
             }
         }
+        if self.https_only && url.port().is_some() {
+            return Err(DownloadError::Refused("a non-standard port".into()));
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(DownloadError::Refused("the URL carries credentials".into()));
         }
@@ -160,6 +223,16 @@ impl Downloader {
             .ok_or_else(|| DownloadError::Refused("no host".into()))?
             .to_ascii_lowercase();
         let host = host.trim_end_matches('.');
+        let internal_ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !is_public(ip));
+        if self.https_only && internal_ip {
+            return Err(DownloadError::Refused(format!(
+                "`{host}` is an internal address"
+            )));
+        }
         if !self.hosts.iter().any(|p| p.matches(host)) {
             return Err(DownloadError::Refused(format!(
                 "host `{host}` is not in import.recording_hosts"
@@ -169,14 +242,13 @@ impl Downloader {
     }
 
     /// Streams the audio at `url` into `storage` under `key`, refusing more than `max_bytes`.
-    /// Renews `lease` as it goes, and stops if it was lost.
+    /// Dropping the future mid-way leaves nothing under `key` (the upload cleans up).
     pub async fn download(
         &self,
         url: &str,
         storage: &Storage,
         key: &str,
         max_bytes: u64,
-        lease: &Lease,
     ) -> Result<Downloaded, DownloadError> {
         let url = self.check_url(url)?;
         let mut response = self
@@ -184,11 +256,11 @@ impl Downloader {
             .get(url)
             .send()
             .await
-            .map_err(DownloadError::Broken)?;
+            .map_err(DownloadError::broken)?;
         let status = response.status().as_u16();
         match status {
             200 => {}
-            403 | 404 => return Err(DownloadError::Expired { status }),
+            400 | 401 | 403 | 404 | 410 => return Err(DownloadError::Expired { status }),
             _ => return Err(DownloadError::Status { status }),
         }
         let declared = response.content_length();
@@ -210,9 +282,8 @@ impl Downloader {
         let mut upload = storage.begin(key, &content_type).await?;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
-        let mut renewed_at = Instant::now();
         let streamed: Result<(), DownloadError> = async {
-            while let Some(chunk) = response.chunk().await.map_err(DownloadError::Broken)? {
+            while let Some(chunk) = response.chunk().await.map_err(DownloadError::broken)? {
                 received += chunk.len() as u64;
                 if received > max_bytes {
                     return Err(DownloadError::TooLarge {
@@ -223,12 +294,6 @@ impl Downloader {
                 }
                 hasher.update(&chunk);
                 upload.write(chunk).await?;
-                if renewed_at.elapsed() >= lease.renew_every() {
-                    if !lease.renew().await? {
-                        return Err(DownloadError::LeaseLost);
-                    }
-                    renewed_at = Instant::now();
-                }
             }
             match declared {
                 Some(expected) if expected != received => {
@@ -280,6 +345,7 @@ mod tests {
             "https://127.0.0.1/a.mp3",
             "https://169.254.169.254/latest/meta-data/",
             "https://user:pw@media.example.com/a.mp3",
+            "https://media.example.com:8443/a.mp3",
             "file:///etc/passwd",
             "not a url",
         ] {
@@ -287,6 +353,28 @@ mod tests {
                 matches!(d.check_url(bad), Err(DownloadError::Refused(_))),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn internal_addresses_are_not_public() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["52.95.110.1", "8.8.8.8", "2600:1f18::1"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }
 

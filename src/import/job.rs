@@ -21,7 +21,6 @@
 //! credentials also marks the connection `invalid_credentials`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +36,7 @@ use super::storage::{Storage, StorageError};
 use crate::aircall::{Aircall, AircallError, Call, CallId, CallStatus, Credentials};
 use crate::connections::{
     ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore, Outcome, OutcomeRecord,
-    OutcomeStore, StoredCall,
+    OutcomeStore, Recorded, StoredCall,
 };
 use crate::crypto::Keys;
 use crate::queue::broker::Envelope;
@@ -85,6 +84,8 @@ pub enum JobError {
     InvalidConnectionId,
     #[error("another worker is importing this call")]
     Busy,
+    #[error("the lease on the call was lost (another worker may have taken it over)")]
+    LeaseLost,
     #[error(transparent)]
     Aircall(#[from] AircallError),
     #[error(transparent)]
@@ -122,6 +123,7 @@ impl JobError {
         match self {
             Self::InvalidConnectionId => "invalid_job",
             Self::Busy => "busy",
+            Self::LeaseLost => "lease_lost",
             Self::Aircall(AircallError::InvalidCredentials { .. })
             | Self::KnownInvalidCredentials => "invalid_credentials",
             Self::Aircall(AircallError::NotFound) => "call_not_found",
@@ -144,7 +146,7 @@ impl JobError {
             | Self::Download(DownloadError::Storage(StorageError::InvalidKey(_))) => {
                 Disposition::DeadLetter
             }
-            Self::Busy => Disposition::Defer,
+            Self::Busy | Self::LeaseLost => Disposition::Defer,
             Self::Aircall(AircallError::Cancelled) => Disposition::Requeue,
             Self::Aircall(e) if e.is_transient() => Disposition::Retry,
             Self::Download(e) if e.is_transient() => Disposition::Retry,
@@ -196,8 +198,6 @@ pub struct Importer {
     pub confirm_timeout: Duration,
     /// Ends Aircall waits on shutdown.
     pub cancel: CancellationToken,
-    /// Set once "nobody listens to call.imported" was said, so it is said once per process.
-    pub unrouted_warned: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Importer {
@@ -342,7 +342,12 @@ impl Importer {
         let Some(lease) = self.leases.acquire(&id, job.call_id).await? else {
             return Err(JobError::Busy);
         };
-        let handled = self.handle_leased(&connection, job, &lease).await;
+        // Should the lease be lost, the work stops where it is: an upload in progress is
+        // dropped (nothing stored), and the final record is fenced by the lease anyway.
+        let handled = tokio::select! {
+            handled = self.handle_leased(&connection, job, &lease) => handled,
+            () = lease.lost() => Err(JobError::LeaseLost),
+        };
         lease.release().await;
         handled
     }
@@ -381,7 +386,7 @@ impl Importer {
             if record.announced {
                 return Ok(Handled::AlreadyDone);
             }
-            self.announce_stored(id, record).await?;
+            self.announce_stored(id, record, lease).await?;
             return Ok(Handled::Announced);
         }
         if self.already_done(id, job).await? {
@@ -397,23 +402,25 @@ impl Importer {
             }
         };
         let users = self.connections.paying_users(id).await?;
+        let (recording_key, metadata_key) = metadata::storage_keys(id.as_str(), &call);
+        // What a worker that died on this call left behind (the lease says nobody else writes).
+        self.storage.clean_partials(&recording_key).await?;
+        self.storage.clean_partials(&metadata_key).await?;
         loop {
             let now = now_ms();
             let decision = rules::decide(&call, now / 1000, &users, &self.rules);
-            debug!(?decision, fetched, "decided");
             let (source, url) = match decision {
                 Decision::Skip(reason) => {
-                    self.record_skip(job, &call, reason).await?;
+                    self.record_skip(job, &call, reason, lease).await?;
                     return Ok(Handled::Skipped(reason));
                 }
                 Decision::Pending(reason) => {
-                    self.record_pending(job, &call, reason, now).await?;
+                    self.record_pending(job, &call, reason, now, lease).await?;
                     return Ok(Handled::Pending(reason));
                 }
                 Decision::Import { source, url } => (source, url),
             };
-            let (recording_key, metadata_key) = metadata::storage_keys(id.as_str(), &call);
-            self.storage.clean_partials(&recording_key).await?;
+            debug!(?source, fetched, "importing");
             let downloaded = self
                 .downloader
                 .download(
@@ -421,23 +428,23 @@ impl Importer {
                     &self.storage,
                     &recording_key,
                     self.rules.max_recording_bytes,
-                    lease,
                 )
                 .await;
             let downloaded = match downloaded {
                 Ok(downloaded) => downloaded,
-                Err(DownloadError::Expired { status }) if !fetched => {
-                    info!(
-                        status,
-                        "the recording link expired; fetching the call again"
-                    );
+                // The snapshot's link expired, or names a host this service does not fetch
+                // from (a forged webhook must not stop the real call): ask Aircall, once.
+                Err(e @ (DownloadError::Expired { .. } | DownloadError::Refused(_)))
+                    if !fetched =>
+                {
+                    info!(error = %e, "the job's recording link is unusable; fetching the call again");
                     fetched = true;
                     call = self.fetch_call(connection, job.call_id).await?;
                     continue;
                 }
                 Err(DownloadError::TooLarge { seen, how, .. }) => {
                     info!(bytes = seen, how, "recording over the size limit");
-                    self.record_skip(job, &call, SkipReason::RecordingTooLarge)
+                    self.record_skip(job, &call, SkipReason::RecordingTooLarge, lease)
                         .await?;
                     return Ok(Handled::Skipped(SkipReason::RecordingTooLarge));
                 }
@@ -465,9 +472,9 @@ impl Importer {
                 bytes: downloaded.stored.bytes,
                 sha256: downloaded.sha256,
             });
-            self.outcomes.record(id, &record).await?;
+            self.commit(id, &record, lease).await?;
             info!(bytes = document.recording.size_bytes, "call imported");
-            self.announce(id, record, &document).await?;
+            self.announce(id, record, &document, lease).await?;
             return Ok(Handled::Imported);
         }
     }
@@ -517,17 +524,35 @@ impl Importer {
         }
     }
 
+    /// Writes a decision made under `lease`, refused if the lease is no longer ours.
+    async fn commit(
+        &self,
+        id: &ConnectionId,
+        record: &OutcomeRecord,
+        lease: &Lease,
+    ) -> Result<(), JobError> {
+        match self
+            .outcomes
+            .record_fenced(id, record, Some(lease.fence()))
+            .await?
+        {
+            Recorded::LeaseLost => Err(JobError::LeaseLost),
+            Recorded::Written | Recorded::KeptImport | Recorded::KeptDecision => Ok(()),
+        }
+    }
+
     async fn record_skip(
         &self,
         job: &ImportJob,
         call: &Call,
         reason: SkipReason,
+        lease: &Lease,
     ) -> Result<(), JobError> {
         let mut record = self.record_for(job, Some(call), Outcome::Skipped);
         record.reason = Some(reason.as_str().to_string());
         let id =
             ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
-        self.outcomes.record(&id, &record).await?;
+        self.commit(&id, &record, lease).await?;
         info!(reason = reason.as_str(), "call skipped");
         Ok(())
     }
@@ -538,6 +563,7 @@ impl Importer {
         call: &Call,
         reason: PendingReason,
         now_ms: i64,
+        lease: &Lease,
     ) -> Result<(), JobError> {
         let id =
             ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
@@ -558,7 +584,7 @@ impl Importer {
         record.reason = Some(reason.as_str().to_string());
         record.recheck_at_ms = Some(recheck_at);
         record.pending_checks = checks;
-        self.outcomes.record(&id, &record).await?;
+        self.commit(&id, &record, lease).await?;
         info!(reason = reason.as_str(), checks, "call pending");
         Ok(())
     }
@@ -569,6 +595,7 @@ impl Importer {
         id: &ConnectionId,
         mut record: OutcomeRecord,
         document: &CallMetadata,
+        lease: &Lease,
     ) -> Result<(), JobError> {
         let event = CallImported {
             kind: CALL_IMPORTED.to_string(),
@@ -581,9 +608,10 @@ impl Importer {
             id: Some(&event.event_id),
             kind: Some(CALL_IMPORTED),
         };
+        // The exchange's alternate exchange keeps events no consumer's queue is bound for, so
+        // a confirm means the event is held somewhere.
         let exchange = self.broker.names().events.clone();
-        match self
-            .broker
+        self.broker
             .publish_to(
                 &exchange,
                 CALL_IMPORTED,
@@ -591,22 +619,9 @@ impl Importer {
                 &body,
                 self.confirm_timeout,
             )
-            .await
-        {
-            Ok(()) => {}
-            Err(PublishError::Unroutable(_)) => {
-                if !self.unrouted_warned.swap(true, Ordering::Relaxed) {
-                    warn!(
-                        exchange,
-                        "no queue is bound to the events exchange for call.imported: events are dropped until a consumer binds one"
-                    );
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+            .await?;
         record.announced = true;
-        self.outcomes.record(id, &record).await?;
-        Ok(())
+        self.commit(id, &record, lease).await
     }
 
     /// Announces an import recorded earlier, from its stored metadata.
@@ -614,6 +629,7 @@ impl Importer {
         &self,
         id: &ConnectionId,
         record: OutcomeRecord,
+        lease: &Lease,
     ) -> Result<(), JobError> {
         let key = record
             .stored
@@ -627,7 +643,7 @@ impl Importer {
             .ok_or(JobError::MetadataMissing)?;
         let document: CallMetadata =
             serde_json::from_slice(&body).map_err(|_| JobError::MetadataMissing)?;
-        self.announce(id, record, &document).await
+        self.announce(id, record, &document, lease).await
     }
 }
 

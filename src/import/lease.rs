@@ -1,12 +1,19 @@
 //! The per-call lease: at most one worker imports a given call at a time, however many
 //! deliveries of it exist. A lease is a Redis key with a random token and an expiry, so a worker
-//! that dies mid-import stops blocking the call once its lease lapses; the holder renews it
-//! while it works and gives it back when done. Renewal and release only ever touch the holder's
-//! own token.
+//! that dies mid-import stops blocking the call once its lease lapses.
+//!
+//! A held lease renews itself in the background every third of its time, for as long as the
+//! holder works (a slow rate-limit wait included). Should a renewal find the lease gone (Redis
+//! lost it, or the process stalled past its expiry and another worker took the call),
+//! [`Lease::lost`] fires and the holder stops. The final write of an import is fenced by the
+//! token: the outcome script refuses it unless the lease is still this holder's (the lease key
+//! shares the outcomes' `{connection}` hash tag, so one script may read both).
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::aircall::CallId;
 use crate::connections::ConnectionId;
@@ -44,13 +51,26 @@ impl std::fmt::Debug for Leases {
     }
 }
 
-/// A held lease. Give it back with [`Lease::release`]; if the holder dies, it lapses.
+/// The Redis key of the lease on `call`: under the `{connection}` hash tag of the outcomes.
+pub fn lease_key(prefix: &str, connection: &ConnectionId, call: CallId) -> String {
+    format!("{prefix}:calls:{{{connection}}}:lease:{}", call.0)
+}
+
+/// A held lease, renewed in the background until released or dropped. If the holder dies, it
+/// lapses.
 #[derive(Debug)]
 pub struct Lease {
     redis: ConnectionManager,
     key: String,
     token: String,
-    ttl: Duration,
+    lost: CancellationToken,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
 }
 
 impl Leases {
@@ -72,7 +92,7 @@ impl Leases {
         connection: &ConnectionId,
         call: CallId,
     ) -> Result<Option<Lease>, redis::RedisError> {
-        let key = format!("{}:lease:{connection}:{}", self.prefix, call.0);
+        let key = lease_key(&self.prefix, connection, call);
         let token = crate::queue::message::new_job_id();
         let taken: Option<String> = redis::cmd("SET")
             .arg(&key)
@@ -82,36 +102,81 @@ impl Leases {
             .arg(self.ttl.as_millis() as u64)
             .query_async(&mut self.redis.clone())
             .await?;
-        Ok(taken.map(|_| Lease {
+        if taken.is_none() {
+            return Ok(None);
+        }
+        let lost = CancellationToken::new();
+        let renewer = tokio::spawn(renew(
+            self.redis.clone(),
+            key.clone(),
+            token.clone(),
+            self.ttl,
+            lost.clone(),
+        ));
+        Ok(Some(Lease {
             redis: self.redis.clone(),
             key,
             token,
-            ttl: self.ttl,
+            lost,
+            renewer,
         }))
     }
 }
 
+/// Renews every third of `ttl` until the task is aborted; fires `lost` when the lease is gone,
+/// or when Redis did not answer for so long that it may have lapsed.
+async fn renew(
+    redis: ConnectionManager,
+    key: String,
+    token: String,
+    ttl: Duration,
+    lost: CancellationToken,
+) {
+    let every = ttl / 3;
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let renewed: Result<i64, _> = redis::Script::new(RENEW_LUA)
+            .key(&key)
+            .arg(&token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut redis.clone())
+            .await;
+        match renewed {
+            Ok(1) => last_renewed = tokio::time::Instant::now(),
+            Ok(_) => {
+                warn!(lease = %key, "the lease on the call was lost; stopping this import");
+                lost.cancel();
+                return;
+            }
+            Err(e) if last_renewed.elapsed() + every >= ttl => {
+                warn!(lease = %key, error = %e, "cannot renew the lease before it lapses; stopping this import");
+                lost.cancel();
+                return;
+            }
+            Err(e) => warn!(lease = %key, error = %e, "cannot renew the lease; trying again"),
+        }
+    }
+}
+
 impl Lease {
-    /// Extends the lease by its full time; `false` when it was lost (it lapsed and another
-    /// worker took the call), in which case the holder must stop.
-    pub async fn renew(&self) -> Result<bool, redis::RedisError> {
-        let renewed: i64 = redis::Script::new(RENEW_LUA)
-            .key(&self.key)
-            .arg(&self.token)
-            .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(renewed == 1)
+    /// The key and token, for a write fenced by the lease.
+    pub fn fence(&self) -> (&str, &str) {
+        (&self.key, &self.token)
     }
 
-    /// How often the holder should renew: a third of the lease, so one slow renewal is not
-    /// fatal.
-    pub fn renew_every(&self) -> Duration {
-        self.ttl / 3
+    /// Fires when the lease was lost: the holder must stop without committing anything.
+    pub async fn lost(&self) {
+        self.lost.cancelled().await;
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
     }
 
     /// Gives the lease back (best effort: if Redis is away, the lease lapses by itself).
     pub async fn release(self) {
+        self.renewer.abort();
         let _: Result<i64, _> = redis::Script::new(RELEASE_LUA)
             .key(&self.key)
             .arg(&self.token)

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -233,16 +233,26 @@ async fn settle(importer: &Importer, delivery: Delivery) {
         trigger = ?job.trigger,
     );
     async move {
-        let settled = match importer.process(job).await {
-            Ok(Report::Requeue(e)) => {
+        // A panic in an import must not leave its delivery unsettled (holding a prefetch slot
+        // until the channel closes): it is given back, and RabbitMQ's delivery limit
+        // dead-letters a job that panics every time.
+        let processed = std::panic::AssertUnwindSafe(importer.process(job))
+            .catch_unwind()
+            .await;
+        let settled = match processed {
+            Err(_) => {
+                error!("the import panicked; giving the job back");
+                false
+            }
+            Ok(Ok(Report::Requeue(e))) => {
                 debug!(error = %e, "stopping; job given back");
                 false
             }
-            Ok(report) => {
+            Ok(Ok(report)) => {
                 log_report(&report);
                 true
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 warn!(error = %error_chain(&e), "cannot settle the job through RabbitMQ; giving it back");
                 false
             }
@@ -257,10 +267,13 @@ async fn settle(importer: &Importer, delivery: Delivery) {
                 })
                 .await
         };
-        if let Err(e) = result {
-            // The channel is gone: RabbitMQ redelivers the job, and the outcome records make
-            // the second run a no-op if this one finished.
-            warn!(error = %e, "cannot settle the delivery; it will be redelivered");
+        match result {
+            Ok(true) => {}
+            // The channel was recovered since the delivery (its tag is void) or is gone:
+            // RabbitMQ redelivers the job, and the outcome records make the second run a no-op
+            // if this one finished.
+            Ok(false) => warn!("the delivery's channel was recovered since; RabbitMQ will redeliver the job"),
+            Err(e) => warn!(error = %e, "cannot settle the delivery; it will be redelivered"),
         }
     }
     .instrument(span)

@@ -59,7 +59,7 @@ pub struct ImportJob {
 /// The error a failed attempt ended with, as carried by a retried or dead-lettered job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFailure {
-    /// Stable code, e.g. `aircall_unavailable`, `invalid_credentials`, `attempts_exhausted`.
+    /// Stable code, e.g. `aircall_unavailable`, `download_failed`, `invalid_credentials`.
     pub code: String,
     /// The error and its causes, for people (never a secret).
     pub message: String,

@@ -12,9 +12,11 @@
 //!                       {p}.import.retry.{delay}ms  (one per delay)
 //!  attempts used up, or delivery limit hit ──▶ {p}.import.dead  (inspect, replay)
 //!  call stored ──▶ {p}.events (topic exchange) ──▶ downstream consumers' queues
+//!                      └─ nobody bound for it ──▶ {p}.events.unrouted (alternate exchange
+//!                                                 and queue: kept until someone replays them)
 //! ```
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -34,6 +36,8 @@ pub struct QueueNames {
     pub dead: String,
     /// Topic exchange of `call.imported` events.
     pub events: String,
+    /// Alternate exchange of `events`, and the queue keeping what no consumer was bound for.
+    pub unrouted: String,
 }
 
 impl QueueNames {
@@ -48,6 +52,7 @@ impl QueueNames {
                 .collect(),
             dead: format!("{p}.import.dead"),
             events: format!("{p}.events"),
+            unrouted: format!("{p}.events.unrouted"),
         }
     }
 }
@@ -133,16 +138,44 @@ pub async fn declare(
     }
 
     // Events for downstream consumers: a durable topic exchange; each consumer binds its own
-    // queue (e.g. to `call.imported`), so this service never needs to know who listens.
+    // queue (e.g. to `call.imported`), so this service never needs to know who listens. Its
+    // alternate exchange takes what no queue is bound for, into a queue of its own, so an
+    // event confirmed by RabbitMQ is never silently dropped (a consumer that binds late can
+    // have them shovelled over).
+    let exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            names.unrouted.as_str().into(),
+            ExchangeKind::Fanout,
+            exchange,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            names.unrouted.as_str().into(),
+            durable,
+            arguments(vec![("x-queue-type", text("quorum"))]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            names.unrouted.as_str().into(),
+            names.unrouted.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     channel
         .exchange_declare(
             names.events.as_str().into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
+            exchange,
+            arguments(vec![("alternate-exchange", text(&names.unrouted))]),
         )
         .await?;
     Ok(())

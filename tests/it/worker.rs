@@ -46,7 +46,7 @@ pub(crate) struct Harness {
     pub(crate) app: TestApp,
     root: PathBuf,
     events: lapin::Consumer,
-    _events_link: crate::helpers::Amqp,
+    events_link: crate::helpers::Amqp,
     worker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
@@ -154,7 +154,7 @@ impl Harness {
             app,
             root,
             events,
-            _events_link: link,
+            events_link: link,
             worker: None,
         }
     }
@@ -796,7 +796,7 @@ async fn refused_credentials_mark_the_connection_and_park_the_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recording_url_on_another_host_is_refused_and_never_fetched() {
+async fn a_recording_url_on_another_host_is_never_fetched_and_aircall_is_asked_instead() {
     let h = Harness::start("worker-ssrf", roomy_sim(), |_| {}).await;
     let importer = h.importer();
     // A trap that notes any connection made to it.
@@ -815,13 +815,42 @@ async fn a_recording_url_on_another_host_is_refused_and_never_fetched() {
     // not among the recording hosts, yet reachable).
     let snapshot = job.snapshot.as_mut().unwrap();
     snapshot.recording = Some(format!("http://localhost:{port}/latest/meta-data/"));
-    let report = importer.process(job).await.unwrap();
+    let before = h.sim.state.stats(h.company.id).unwrap();
+    let report = importer.process(job.clone()).await.unwrap();
+    assert!(
+        matches!(report, Report::Done(Handled::Imported)),
+        "{report:?}"
+    );
+    assert!(!touched.load(std::sync::atomic::Ordering::SeqCst));
+    let after = h.sim.state.stats(h.company.id).unwrap();
+    let fetches =
+        |s: &aircall_ingest::sim::RequestStats| s.by_endpoint.get("get_call").copied().unwrap_or(0);
+    assert_eq!(
+        fetches(&after) - fetches(&before),
+        1,
+        "the real call was fetched"
+    );
+
+    // When Aircall itself names a host outside the list, the job is parked with the reason.
+    let other = h.add_call(&h.call(10_000));
+    let mut job = h.jobs_of(other, 1).await.remove(0);
+    job.snapshot = None;
+    let strict = Importer {
+        downloader: aircall_ingest::import::download::Downloader::new(
+            &aircall_ingest::config::ImportSettings {
+                recording_hosts: vec!["storage.example.com".into()],
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap(),
+        ..importer
+    };
+    let report = strict.process(job).await.unwrap();
     assert!(
         matches!(&report, Report::DeadLettered(e) if e.code() == "recording_url_refused"),
         "{report:?}"
     );
-    assert!(!touched.load(std::sync::atomic::Ordering::SeqCst));
-    assert!(h.files().is_empty());
     h.stop().await;
 }
 
@@ -1094,4 +1123,104 @@ async fn on_shutdown_the_import_in_flight_finishes_and_the_rest_waits_in_the_que
     );
     assert!(storage.partial_files().unwrap().is_empty());
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_aircall_does_not_let_the_lease_lapse_under_its_holder() {
+    let h = Harness::start("worker-slow-lease", roomy_sim(), |s| {
+        s.worker.lease_ms = 1_500;
+        s.aircall.request_timeout_ms = 10_000;
+        s.aircall.read_timeout_ms = 10_000;
+    })
+    .await;
+    let importer = h.importer();
+    let call = h.add_call(&h.call(50_000));
+    let mut job = h.jobs_of(call, 1).await.remove(0);
+    job.snapshot = None;
+    // Aircall answers in 3 s: twice the lease.
+    h.sim.state.set_faults(
+        Some(h.company.id),
+        Faults {
+            latency_ms: 3_000,
+            ..Faults::default()
+        },
+    );
+    let first = tokio::spawn({
+        let importer = importer.clone();
+        let job = job.clone();
+        async move { importer.process(job).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let second = importer.process(job).await.unwrap();
+    assert!(matches!(second, Report::Deferred), "{second:?}");
+    let first = first.await.unwrap();
+    assert!(
+        matches!(first, Report::Done(Handled::Imported)),
+        "{first:?}"
+    );
+
+    // A write fenced by a lease its writer lost is refused.
+    let record = h.outcome(call).await.unwrap();
+    let lease_key = aircall_ingest::import::lease::lease_key(
+        &h.app.ctx.settings.redis_key_prefix,
+        &h.id(),
+        CallId(call),
+    );
+    let written = h
+        .app
+        .ctx
+        .outcomes
+        .record_fenced(&h.id(), &record, Some((&lease_key, "not-the-holder")))
+        .await
+        .unwrap();
+    assert_eq!(written, aircall_ingest::connections::Recorded::LeaseLost);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_nobody_is_bound_for_is_kept_not_dropped() {
+    let mut h = Harness::start("worker-unrouted", roomy_sim(), |_| {}).await;
+    // The only consumer's queue goes away.
+    h.events_link
+        .channel
+        .queue_delete(
+            format!("{}.test-events", h.app.ctx.broker.names().import)
+                .as_str()
+                .into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    h.start_worker();
+    let call = h.add_call(&h.call(10_000));
+    h.wait_outcome(call, |r| r.outcome == Outcome::Imported && r.announced)
+        .await;
+    let unrouted = h.app.ctx.broker.names().unrouted.clone();
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            queue_depth(&unrouted).await == 1
+        })
+        .await
+    );
+    let kept = take_raw(&unrouted).await;
+    let event: CallImported = serde_json::from_slice(&kept[0]).unwrap();
+    assert_eq!(event.metadata.call_id, CallId(call));
+    h.stop().await;
+}
+
+/// Takes every message of `queue`, as bytes.
+async fn take_raw(queue: &str) -> Vec<Vec<u8>> {
+    let link = amqp().await;
+    let mut bodies = Vec::new();
+    while let Some(delivery) = link
+        .channel
+        .basic_get(queue.into(), Default::default())
+        .await
+        .unwrap()
+    {
+        bodies.push(delivery.data.clone());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    link.close().await;
+    bodies
 }
