@@ -336,7 +336,9 @@ impl Importer {
             info!("the connection no longer exists; job dropped");
             return Ok(Handled::ConnectionGone);
         };
-        if self.already_done(&id, job).await? {
+        if let Some(record) = self.outcomes.get(&id, job.call_id).await?
+            && is_done(&record, job)
+        {
             return Ok(Handled::AlreadyDone);
         }
         let Some(lease) = self.leases.acquire(&id, job.call_id).await? else {
@@ -352,26 +354,6 @@ impl Importer {
         handled
     }
 
-    /// Imported and announced, or skipped for good: nothing left to do (a manual job decides
-    /// a skipped call again).
-    async fn already_done(&self, id: &ConnectionId, job: &ImportJob) -> Result<bool, JobError> {
-        let Some(record) = self.outcomes.get(id, job.call_id).await? else {
-            return Ok(false);
-        };
-        Ok(match record.outcome {
-            Outcome::Imported => record.announced,
-            Outcome::Skipped => {
-                job.trigger != Trigger::Manual
-                    && record
-                        .reason
-                        .as_deref()
-                        .and_then(skip_reason)
-                        .is_some_and(SkipReason::is_final)
-            }
-            Outcome::Pending | Outcome::Failed => false,
-        })
-    }
-
     async fn handle_leased(
         &self,
         connection: &ConnectionRecord,
@@ -380,17 +362,15 @@ impl Importer {
     ) -> Result<Handled, JobError> {
         let id = &connection.id;
         // Another delivery may have finished while this one waited for the lease.
-        if let Some(record) = self.outcomes.get(id, job.call_id).await?
-            && record.outcome == Outcome::Imported
-        {
-            if record.announced {
+        let previous = self.outcomes.get(id, job.call_id).await?;
+        if let Some(record) = &previous {
+            if record.outcome == Outcome::Imported && !record.announced {
+                self.announce_stored(id, record.clone(), lease).await?;
+                return Ok(Handled::Announced);
+            }
+            if is_done(record, job) {
                 return Ok(Handled::AlreadyDone);
             }
-            self.announce_stored(id, record, lease).await?;
-            return Ok(Handled::Announced);
-        }
-        if self.already_done(id, job).await? {
-            return Ok(Handled::AlreadyDone);
         }
 
         let mut fetched = false;
@@ -415,7 +395,12 @@ impl Importer {
                     return Ok(Handled::Skipped(reason));
                 }
                 Decision::Pending(reason) => {
-                    self.record_pending(job, &call, reason, now, lease).await?;
+                    let checks = match &previous {
+                        Some(p) if p.outcome == Outcome::Pending => p.pending_checks + 1,
+                        _ => 1,
+                    };
+                    self.record_pending(job, &call, reason, checks, lease)
+                        .await?;
                     return Ok(Handled::Pending(reason));
                 }
                 Decision::Import { source, url } => (source, url),
@@ -562,15 +547,12 @@ impl Importer {
         job: &ImportJob,
         call: &Call,
         reason: PendingReason,
-        now_ms: i64,
+        checks: u32,
         lease: &Lease,
     ) -> Result<(), JobError> {
         let id =
             ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
-        let checks = match self.outcomes.get(&id, job.call_id).await? {
-            Some(previous) if previous.outcome == Outcome::Pending => previous.pending_checks + 1,
-            _ => 1,
-        };
+        let now_ms = now_ms();
         let wait = FIRST_RECHECK
             .saturating_mul(1 << (checks - 1).min(16))
             .min(LONGEST_RECHECK);
@@ -644,6 +626,23 @@ impl Importer {
         let document: CallMetadata =
             serde_json::from_slice(&body).map_err(|_| JobError::MetadataMissing)?;
         self.announce(id, record, &document, lease).await
+    }
+}
+
+/// Imported and announced, or skipped for good: nothing left to do (a manual job decides a
+/// skipped call again).
+fn is_done(record: &OutcomeRecord, job: &ImportJob) -> bool {
+    match record.outcome {
+        Outcome::Imported => record.announced,
+        Outcome::Skipped => {
+            job.trigger != Trigger::Manual
+                && record
+                    .reason
+                    .as_deref()
+                    .and_then(skip_reason)
+                    .is_some_and(SkipReason::is_final)
+        }
+        Outcome::Pending | Outcome::Failed => false,
     }
 }
 

@@ -2,7 +2,8 @@
 //! under a local directory and any S3-compatible object storage.
 //!
 //! It owns how an object becomes visible: a write is streamed to a place no reader looks at
-//! (a hidden `.part` file beside the final one, or an S3 multipart upload) and only
+//! (a `.part` file in the hidden `.partial` directory beside the final one, or an S3 multipart
+//! upload) and only
 //! [`Upload::finish`] makes it appear under its key, in one atomic step (a rename, or the
 //! multipart completion). A crash, a cancelled task, an error or [`Upload::abort`] never leave a
 //! half-written object under a final key; at worst they leave a temporary file that
@@ -39,8 +40,12 @@ const S3_PART_BYTES: usize = 5 * 1024 * 1024;
 /// S3 upload to `(S3_MAX_PARTS_IN_FLIGHT + 1) × S3_PART_BYTES` (15 MiB), while still sending one
 /// part as the next one fills.
 const S3_MAX_PARTS_IN_FLIGHT: usize = 2;
-/// Suffix of the temporary files of local uploads (`.{file_name}.{16 hex digits}.part`).
+/// Suffix of the temporary files of local uploads (`{file_name}.{16 hex digits}.part`).
 const PARTIAL_SUFFIX: &str = ".part";
+/// The directory, beside the final files, holding the temporary files of local uploads: looking
+/// for a key's leftovers reads only the writes in flight or interrupted there, not a day's
+/// thousands of stored calls. (Keys never have a segment starting with `.`.)
+const PARTS_DIR: &str = ".partial";
 
 /// Why storage failed. Every variant is worth a retry unless stated.
 #[derive(Debug, thiserror::Error)]
@@ -284,9 +289,10 @@ impl LocalStorage {
     async fn begin(&self, key: &str) -> Result<LocalUpload, StorageError> {
         let final_path = self.path(key);
         let (dir, file_name) = split_path(&final_path)?;
-        tokio::fs::create_dir_all(dir).await?;
-        let temp_path = dir.join(format!(
-            ".{file_name}.{:016x}{PARTIAL_SUFFIX}",
+        let parts = dir.join(PARTS_DIR);
+        tokio::fs::create_dir_all(&parts).await?;
+        let temp_path = parts.join(format!(
+            "{file_name}.{:016x}{PARTIAL_SUFFIX}",
             fastrand::u64(..)
         ));
         let file = tokio::fs::OpenOptions::new()
@@ -306,7 +312,7 @@ impl LocalStorage {
     async fn clean_partials(&self, key: &str) -> Result<(), StorageError> {
         let final_path = self.path(key);
         let (dir, file_name) = split_path(&final_path)?;
-        let mut entries = match tokio::fs::read_dir(dir).await {
+        let mut entries = match tokio::fs::read_dir(dir.join(PARTS_DIR)).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -336,6 +342,7 @@ impl LocalStorage {
         let mut found = Vec::new();
         let mut dirs = vec![self.root.clone()];
         while let Some(dir) = dirs.pop() {
+            let holds_parts = dir.file_name().is_some_and(|name| name == PARTS_DIR);
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -346,7 +353,7 @@ impl LocalStorage {
                 let path = entry.path();
                 if entry.file_type()?.is_dir() {
                     dirs.push(path);
-                } else if entry.file_name().to_str().and_then(partial_of).is_some() {
+                } else if holds_parts {
                     let relative = path.strip_prefix(&self.root).unwrap_or(&path);
                     found.push(relative.to_string_lossy().replace('\\', "/"));
                 }
@@ -365,9 +372,9 @@ fn split_path(path: &Path) -> Result<(&Path, &str), StorageError> {
     }
 }
 
-/// For a temporary file name `.{file_name}.{16 hex digits}.part`, the `file_name` it is for.
+/// For a temporary file name `{file_name}.{16 hex digits}.part`, the `file_name` it is for.
 fn partial_of(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix('.')?.strip_suffix(PARTIAL_SUFFIX)?;
+    let rest = name.strip_suffix(PARTIAL_SUFFIX)?;
     let (file_name, random) = rest.rsplit_once('.')?;
     let is_random = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
     (is_random && !file_name.is_empty()).then_some(file_name)
@@ -740,7 +747,7 @@ mod tests {
 
         let partials = t.storage.partial_files().unwrap();
         assert_eq!(partials.len(), 1, "{partials:?}");
-        assert!(partials[0].starts_with("acme/2026/11/29/.5000000123.mp3."));
+        assert!(partials[0].starts_with("acme/2026/11/29/.partial/5000000123.mp3."));
         upload.abort().await;
     }
 
@@ -895,7 +902,7 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
         assert!(
             left.iter()
-                .all(|p| !p.contains("/.5000000123.mp3.") || p.contains(".json."))
+                .all(|p| !p.contains("/.partial/5000000123.mp3.") || p.contains(".json."))
         );
         assert!(dir.join("notes.part").exists());
         assert_eq!(t.storage.get(KEY).await.unwrap().unwrap(), "done");
@@ -906,16 +913,15 @@ mod tests {
 
     #[test]
     fn partial_names_are_recognised_exactly() {
-        assert_eq!(partial_of(".x.mp3.0123456789abcdef.part"), Some("x.mp3"));
+        assert_eq!(partial_of("x.mp3.0123456789abcdef.part"), Some("x.mp3"));
         assert_eq!(
-            partial_of(".x.mp3.json.0123456789abcdef.part"),
+            partial_of("x.mp3.json.0123456789abcdef.part"),
             Some("x.mp3.json")
         );
-        assert_eq!(partial_of("x.mp3.0123456789abcdef.part"), None);
-        assert_eq!(partial_of(".x.mp3.0123.part"), None);
-        assert_eq!(partial_of(".x.mp3.0123456789abcdeg.part"), None);
-        assert_eq!(partial_of("..0123456789abcdef.part"), None);
-        assert_eq!(partial_of(".x.mp3.0123456789abcdef"), None);
+        assert_eq!(partial_of("x.mp3.0123.part"), None);
+        assert_eq!(partial_of("x.mp3.0123456789abcdeg.part"), None);
+        assert_eq!(partial_of(".0123456789abcdef.part"), None);
+        assert_eq!(partial_of("x.mp3.0123456789abcdef"), None);
     }
 
     #[test]
