@@ -94,11 +94,11 @@ sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":480000,\"with_contact\
 sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":1920000,\"direction\":\"outbound\"}"
 sim_call '{"agent_email":"someone.else@demo.example","recording_bytes":64000}'
 sim_call "{\"agent_email\":\"$agent\",\"answered\":false,\"recording_bytes\":null}"
+# Wait until the worker has decided all four (status lists one line per decided call).
 for _ in $(seq 1 100); do
-  [ "$(find data/demo -name '*.json' 2>/dev/null | wc -l)" -ge 2 ] && break
-  sleep 0.2
+  [ "$("$bin" status 2>/dev/null | grep -c '^  call ')" -ge 4 ] && break
+  sleep 0.3
 done
-sleep 1
 echo "[demo] stored under ./data/demo:"
 find data/demo -type f | sort | sed 's/^/[demo]   /'
 echo "[demo] imported and skipped:"
