@@ -110,10 +110,37 @@ impl Context {
             keys: self.keys.clone(),
             broker: self.broker.clone(),
             rules: Rules::new(&settings.import),
+            import: settings.import.clone(),
             recording_url_fresh: settings.import.recording_url_fresh(),
             confirm_timeout: settings.queue.connect_timeout(),
             cancel: cancel.clone(),
         })
+    }
+
+    /// What the `reconcile` role runs.
+    pub fn reconciler(&self) -> crate::reconcile::Reconciler {
+        let settings = &self.settings;
+        crate::reconcile::Reconciler {
+            connections: self.connections.clone(),
+            outcomes: self.outcomes.clone(),
+            state: crate::reconcile::StateStore::new(
+                self.redis.clone(),
+                &settings.redis_key_prefix,
+            ),
+            aircall: self.aircall.clone(),
+            keys: self.keys.clone(),
+            broker: self.broker.clone(),
+            locks: Leases::new(
+                self.redis.clone(),
+                &settings.redis_key_prefix,
+                settings.reconcile.lock(),
+            ),
+            rules: Rules::new(&settings.import),
+            import: settings.import.clone(),
+            settings: settings.reconcile.clone(),
+            public_url: settings.public_url.clone(),
+            confirm_timeout: settings.queue.connect_timeout(),
+        }
     }
 
     /// Starts the `worker` role's consumer; it drains and ends when `cancel` fires.
@@ -149,9 +176,6 @@ impl Context {
         )
     }
 }
-
-/// Exit code of a role that has not been built yet.
-const NOT_AVAILABLE: u8 = 3;
 
 /// A Redis connection that reconnects by itself. It connects lazily, so a role can start while
 /// Redis is still coming up; every command is bounded by `redis_timeout_ms`.
@@ -198,7 +222,7 @@ pub async fn run(
         Command::Serve(args) => run_serve(settings, args, cancel).await,
         Command::Users(args) => users(settings, args).await,
         Command::Worker => run_worker(settings, cancel).await,
-        Command::Reconcile(_) => not_yet("reconcile", "reconciliation (issue 5)"),
+        Command::Reconcile(args) => run_reconcile(settings, args.once, cancel).await,
         Command::All(args) => run_all(settings, args, cancel).await,
     }
 }
@@ -217,7 +241,46 @@ async fn run_worker(settings: Settings, cancel: CancellationToken) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every role built so far in one process (the local default): webhook intake and the worker.
+/// The `reconcile` role: passes over every due connection until SIGTERM, or one round
+/// (`--once`, for a CronJob: exit 0 when every pass succeeded).
+async fn run_reconcile(
+    settings: Settings,
+    once: bool,
+    cancel: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(settings)?;
+    let broker_cancel = CancellationToken::new();
+    if once {
+        // One round needs the broker at once: connect before starting.
+        ctx.broker
+            .connect()
+            .await
+            .context("cannot reach RabbitMQ")?;
+    }
+    let broker = tokio::spawn(ctx.broker.clone().run(broker_cancel.clone()));
+    let code = if once {
+        let round = ctx.reconciler().run_due(true, &cancel).await;
+        info!(
+            succeeded = round.succeeded,
+            failed = round.failed,
+            skipped = round.skipped,
+            "reconciliation round done"
+        );
+        if round.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    } else {
+        ctx.reconciler().run(cancel).await;
+        ExitCode::SUCCESS
+    };
+    broker_cancel.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), broker).await;
+    Ok(code)
+}
+
+/// Every role in one process (the local default): webhook intake, the worker, reconciliation.
 async fn run_all(
     settings: Settings,
     args: ServeArgs,
@@ -233,10 +296,12 @@ async fn run_all(
     let background_cancel = CancellationToken::new();
     let background = ctx.start_background(&background_cancel);
     let worker = ctx.start_worker(&cancel)?;
+    let reconciler = tokio::spawn(ctx.reconciler().run(cancel.clone()));
     let server = ctx.serve(listener, &cancel)?;
-    info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}; importing");
+    info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}; importing; reconciling");
     server.stopped().await;
     let _ = worker.await;
+    let _ = reconciler.await;
     background_cancel.cancel();
     for task in background {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
@@ -427,6 +492,22 @@ async fn status(settings: Settings) -> anyhow::Result<ExitCode> {
                     counts.join(" ")
                 }
             );
+            let reconciler = ctx.reconciler();
+            match reconciler.state.reports(&id, 1).await?.first() {
+                Some(report) => println!(
+                    "  last sync: {:?} pass, {} calls seen, {} queued, {} Aircall requests{}",
+                    report.kind,
+                    report.calls_seen,
+                    report.queued,
+                    report.aircall_requests,
+                    report
+                        .error
+                        .as_deref()
+                        .map(|e| format!(", failed: {e}"))
+                        .unwrap_or_default()
+                ),
+                None => println!("  last sync: none yet"),
+            }
             let recent = ctx
                 .outcomes
                 .list(
@@ -453,11 +534,6 @@ async fn status(settings: Settings) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn not_yet(role: &str, waits_for: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("the `{role}` role is not available in this build yet: it arrives with {waits_for}");
-    Ok(ExitCode::from(NOT_AVAILABLE))
 }
 
 /// Prints the effective configuration, then what production mode would still require.

@@ -71,6 +71,8 @@ pub struct Settings {
     pub import: ImportSettings,
     /// The `worker` role.
     pub worker: WorkerSettings,
+    /// The `reconcile` role.
+    pub reconcile: ReconcileSettings,
     /// Logging.
     pub log: LogSettings,
     /// `AIRCALL_INGEST_*` variables that are not settings (Kubernetes, for one, sets
@@ -198,6 +200,11 @@ pub struct ImportSettings {
     pub download_connect_timeout_ms: u64,
     /// Longest silence while downloading a recording, in milliseconds.
     pub download_read_timeout_ms: u64,
+    /// First re-check of a pending call, in milliseconds after it was found pending; each later
+    /// re-check waits twice as long, up to `pending_recheck_max_ms`.
+    pub pending_recheck_initial_ms: u64,
+    /// Longest wait between two re-checks of a pending call, in milliseconds.
+    pub pending_recheck_max_ms: u64,
 }
 
 /// Settings of the `worker` role.
@@ -215,6 +222,34 @@ pub struct WorkerSettings {
     /// On shutdown, the time in-flight imports get to finish, in milliseconds; unfinished jobs
     /// are left unacknowledged, so RabbitMQ gives them to another worker.
     pub shutdown_timeout_ms: u64,
+}
+
+/// Settings of the `reconcile` role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Time between two passes over one connection, in milliseconds (15 minutes).
+    pub interval_ms: u64,
+    /// Up to this much is added to each connection's interval, at random, in milliseconds, so
+    /// connections spread over the cycle instead of running all at once.
+    pub jitter_ms: u64,
+    /// How often the loop looks for due connections (and for new connections whose first
+    /// import can start), in milliseconds.
+    pub tick_ms: u64,
+    /// How far before the watermark a later pass lists again, in seconds: long enough for a
+    /// call that started before it and ended after it (recordings stop at 4 hours).
+    pub overlap_s: u64,
+    /// Calls that started in the last this many seconds are left to the next pass (the
+    /// listing's end is "a minute ago").
+    pub lag_s: u64,
+    /// Calls queued by a connection's first import at most (the most recent eligible ones).
+    pub first_import_max_calls: usize,
+    /// A pass holds its connection's lock this long without renewal, in milliseconds.
+    pub lock_ms: u64,
+    /// Due pending calls re-checked per pass at most.
+    pub pending_batch: usize,
+    /// Run reports kept per connection.
+    pub reports_kept: usize,
 }
 
 /// Where recordings and metadata go.
@@ -288,6 +323,7 @@ impl Default for Settings {
             aircall: AircallSettings::default(),
             import: ImportSettings::default(),
             worker: WorkerSettings::default(),
+            reconcile: ReconcileSettings::default(),
             log: LogSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -397,6 +433,8 @@ impl Default for ImportSettings {
             recording_url_fresh_ms: 5 * 60 * 1_000,
             download_connect_timeout_ms: 10_000,
             download_read_timeout_ms: 30_000,
+            pending_recheck_initial_ms: 5 * 60 * 1_000,
+            pending_recheck_max_ms: 4 * 3_600 * 1_000,
         }
     }
 }
@@ -417,6 +455,12 @@ impl ImportSettings {
     pub fn download_read_timeout(&self) -> Duration {
         Duration::from_millis(self.download_read_timeout_ms)
     }
+    /// When to look at a call again after it was found pending `checks` times in a row.
+    pub fn pending_recheck_after(&self, checks: u32) -> Duration {
+        Duration::from_millis(self.pending_recheck_initial_ms)
+            .saturating_mul(1 << checks.saturating_sub(1).min(20))
+            .min(Duration::from_millis(self.pending_recheck_max_ms))
+    }
 }
 
 impl Default for WorkerSettings {
@@ -436,6 +480,34 @@ impl WorkerSettings {
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 15 * 60 * 1_000,
+            jitter_ms: 60 * 1_000,
+            tick_ms: 10_000,
+            overlap_s: 4 * 3_600 + 15 * 60,
+            lag_s: 60,
+            first_import_max_calls: 200,
+            lock_ms: 60_000,
+            pending_batch: 500,
+            reports_kept: 20,
+        }
+    }
+}
+
+impl ReconcileSettings {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+    pub fn lock(&self) -> Duration {
+        Duration::from_millis(self.lock_ms)
     }
 }
 
@@ -854,6 +926,52 @@ impl Settings {
                 u64::from(u16::MAX),
             ),
             (self.worker.lease_ms, "worker.lease_ms", 300, 3_600_000),
+            (
+                self.import.pending_recheck_initial_ms,
+                "import.pending_recheck_initial_ms",
+                100,
+                86_400_000,
+            ),
+            (
+                self.import.pending_recheck_max_ms,
+                "import.pending_recheck_max_ms",
+                self.import.pending_recheck_initial_ms,
+                7 * 86_400_000,
+            ),
+            (
+                self.reconcile.interval_ms,
+                "reconcile.interval_ms",
+                1_000,
+                86_400_000,
+            ),
+            (
+                self.reconcile.jitter_ms,
+                "reconcile.jitter_ms",
+                0,
+                86_400_000,
+            ),
+            (self.reconcile.tick_ms, "reconcile.tick_ms", 100, 3_600_000),
+            (self.reconcile.overlap_s, "reconcile.overlap_s", 0, 86_400),
+            (self.reconcile.lag_s, "reconcile.lag_s", 0, 3_600),
+            (
+                self.reconcile.first_import_max_calls as u64,
+                "reconcile.first_import_max_calls",
+                0,
+                100_000,
+            ),
+            (self.reconcile.lock_ms, "reconcile.lock_ms", 300, 3_600_000),
+            (
+                self.reconcile.pending_batch as u64,
+                "reconcile.pending_batch",
+                1,
+                100_000,
+            ),
+            (
+                self.reconcile.reports_kept as u64,
+                "reconcile.reports_kept",
+                1,
+                10_000,
+            ),
             (
                 self.worker.shutdown_timeout_ms,
                 "worker.shutdown_timeout_ms",

@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod import;
 pub mod intake;
 pub mod queue;
+pub mod reconcile;
 pub mod serve;
 pub mod shutdown;
 pub mod sim;

@@ -5,10 +5,10 @@
 #   deploy/local/run.sh           run until Ctrl-C
 #   deploy/local/run.sh --once    show what there is to see, then stop (used to check the demo)
 #
-# What runs today: `all` (webhook intake and the import worker in one process), the `connect`
-# and `users` commands (the demo company's webhook registered on the simulator, its paying
-# agents set) and the `probe` and `status` tools. Recordings and metadata land under ./data/demo.
-# The reconciler arrives with its issue and will be started here too. Logs go to .local/*.log.
+# What runs: `all` (webhook intake, the import worker and the reconciler in one process), the
+# `connect` and `users` commands (the demo company's webhook registered on the simulator, its
+# paying agents set) and the `probe` and `status` tools. Recordings and metadata land under
+# ./data/demo. Logs go to .local/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -65,6 +65,12 @@ if command -v redis-cli >/dev/null 2>&1; then
   redis-cli --scan --pattern "$PREFIX:*" | xargs -r redis-cli del >/dev/null
 fi
 rm -rf data/demo
+# …and so do its queues (jobs left by an earlier demo name calls this simulator has not made yet).
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  for queue in $(rabbitmqctl list_queues -q name 2>/dev/null | grep "^$PREFIX\." || true); do
+    rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 || true
+  done
+fi
 
 start simulator "serving" .local/simulator.log \
   "$bin" simulate --listen "$SIM_ADDR" --webhook-delay-secs 5
@@ -85,23 +91,41 @@ echo "[demo] paying users of the demo account: $paying"
 "$bin" users --id demo --email "$paying" 2>>.local/users.log | sed 's/^/[demo]   /'
 agent=${paying%%,*}
 
+echo "[demo] the reconciler runs the first import: the last 14 days, at most the 200 most recent eligible calls…"
+for _ in $(seq 1 150); do
+  "$bin" status 2>/dev/null | grep -q 'last sync: FirstImport' && break
+  sleep 0.2
+done
+"$bin" status 2>/dev/null | grep 'last sync' | sed 's/^ */[demo]   /'
+
 echo "[demo] four calls end now; Aircall posts call.ended about 5 s later:"
 echo "[demo]   two by $agent with recordings, one by an agent who does not pay, one unanswered"
+# sim_call SPEC: a call that ends now; prints its id.
 sim_call() {
-  curl -fsS -X POST "http://$SIM_ADDR/_sim/companies/1/calls" -H 'content-type: application/json' -d "$1" >/dev/null
+  curl -fsS -X POST "http://$SIM_ADDR/_sim/companies/1/calls" -H 'content-type: application/json' -d "$1" \
+    | sed -E 's/.*"id":([0-9]+).*/\1/'
 }
-sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":480000,\"with_contact\":true}"
-sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":1920000,\"direction\":\"outbound\"}"
-sim_call '{"agent_email":"someone.else@demo.example","recording_bytes":64000}'
-sim_call "{\"agent_email\":\"$agent\",\"answered\":false,\"recording_bytes\":null}"
-# Wait until the worker has decided all four (status lists one line per decided call).
+ids=(
+  "$(sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":480000,\"with_contact\":true}")"
+  "$(sim_call "{\"agent_email\":\"$agent\",\"recording_bytes\":1920000,\"direction\":\"outbound\"}")"
+  "$(sim_call '{"agent_email":"someone.else@demo.example","recording_bytes":64000}')"
+  "$(sim_call "{\"agent_email\":\"$agent\",\"answered\":false,\"recording_bytes\":null}")"
+)
+# Wait until the worker has decided all four (status lists the latest decisions).
 for _ in $(seq 1 100); do
-  [ "$("$bin" status 2>/dev/null | grep -c '^  call ')" -ge 4 ] && break
+  decided=0
+  listing=$("$bin" status 2>/dev/null)
+  for id in "${ids[@]}"; do grep -q "^  call $id " <<<"$listing" && decided=$((decided + 1)); done
+  [ "$decided" -ge 4 ] && break
   sleep 0.3
 done
-echo "[demo] stored under ./data/demo:"
-find data/demo -type f | sort | sed 's/^/[demo]   /'
-echo "[demo] imported and skipped:"
+echo "[demo] the four calls:"
+for id in "${ids[@]}"; do
+  "$bin" status 2>/dev/null | grep "^  call $id " | sed 's/^ */[demo]   /'
+  find data/demo -name "$id.*" | sort | sed 's/^/[demo]     stored: /'
+done
+echo "[demo] stored under ./data/demo: $(find data/demo -name '*.mp3' | wc -l) recordings, $(du -sh data/demo | cut -f1)"
+echo "[demo] status:"
 "$bin" status 2>>.local/status.log | sed 's/^/[demo]   /'
 
 if [ "$once" -eq 1 ]; then

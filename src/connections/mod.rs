@@ -323,6 +323,40 @@ impl ConnectionStore {
         Ok(done == 1)
     }
 
+    /// When the paying users last changed (Unix ms), if ever.
+    pub async fn users_changed_at_ms(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<i64>, redis::RedisError> {
+        let at: Option<String> = self
+            .redis
+            .clone()
+            .hget(self.key(id), "users_changed_at_ms")
+            .await?;
+        Ok(at.and_then(|t| t.parse().ok()))
+    }
+
+    /// Points an existing connection at a new webhook (Aircall lost or deleted the old one).
+    pub async fn update_webhook(
+        &self,
+        id: &ConnectionId,
+        webhook_id: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<bool, redis::RedisError> {
+        let updated: i64 = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+             redis.call('HSET', KEYS[1], 'webhook_id', ARGV[1], 'webhook_token_fingerprint', ARGV[2]) \
+             return 1",
+        )
+        .key(self.key(id))
+        .arg(webhook_id)
+        .arg(hex::encode(fingerprint))
+        .invoke_async(&mut self.redis.clone())
+        .await?;
+        self.forget(id);
+        Ok(updated == 1)
+    }
+
     /// A connection's paying users (empty for an unknown connection).
     pub async fn paying_users(&self, id: &ConnectionId) -> Result<PayingUsers, redis::RedisError> {
         let emails: Vec<String> = self.redis.clone().smembers(self.users_key(id)).await?;

@@ -315,6 +315,27 @@ impl OutcomeStore {
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
+    /// The records of `calls`, in order (one round trip).
+    pub async fn get_many(
+        &self,
+        connection: &ConnectionId,
+        calls: &[CallId],
+    ) -> Result<Vec<Option<OutcomeRecord>>, redis::RedisError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.base(connection));
+        for call in calls {
+            cmd.arg(call.0);
+        }
+        let found: Vec<Option<String>> = cmd.query_async(&mut self.redis.clone()).await?;
+        Ok(found
+            .into_iter()
+            .map(|json| json.and_then(|j| serde_json::from_str(&j).ok()))
+            .collect())
+    }
+
     /// Number of calls per outcome and per reason.
     pub async fn counts(
         &self,

@@ -45,10 +45,6 @@ use crate::queue::{Broker, ImportJob, JobFailure, Message, PublishError, Trigger
 
 /// Version of the `call.imported` event's shape.
 pub const EVENT_VERSION: u32 = 1;
-/// First re-check of a pending call; each later one waits twice as long.
-const FIRST_RECHECK: Duration = Duration::from_secs(5 * 60);
-/// Longest wait between two re-checks of a pending call.
-const LONGEST_RECHECK: Duration = Duration::from_secs(4 * 3600);
 /// A signed URL this close to its expiry is not worth starting a download with.
 const URL_EXPIRY_MARGIN_S: i64 = 60;
 
@@ -192,6 +188,8 @@ pub struct Importer {
     pub keys: Arc<Keys>,
     pub broker: Broker,
     pub rules: Rules,
+    /// The import settings the rules came from (pending re-check intervals, URL freshness).
+    pub import: crate::config::ImportSettings,
     /// How long a job's snapshot URL is trusted without an expiry of its own.
     pub recording_url_fresh: Duration,
     /// Wait for RabbitMQ's confirms of retries, dead letters and events.
@@ -553,9 +551,7 @@ impl Importer {
         let id =
             ConnectionId::parse(&job.connection_id).map_err(|_| JobError::InvalidConnectionId)?;
         let now_ms = now_ms();
-        let wait = FIRST_RECHECK
-            .saturating_mul(1 << (checks - 1).min(16))
-            .min(LONGEST_RECHECK);
+        let wait = self.import.pending_recheck_after(checks);
         let mut recheck_at = now_ms + wait.as_millis() as i64;
         if reason == PendingReason::RecordingNotReady
             && let Some(deadline) = self.rules.recording_deadline(call)

@@ -92,7 +92,12 @@ impl Leases {
         connection: &ConnectionId,
         call: CallId,
     ) -> Result<Option<Lease>, redis::RedisError> {
-        let key = lease_key(&self.prefix, connection, call);
+        self.acquire_key(lease_key(&self.prefix, connection, call))
+            .await
+    }
+
+    /// Takes a lease under any key (a reconciliation lock, say), or `None` while it is held.
+    pub async fn acquire_key(&self, key: String) -> Result<Option<Lease>, redis::RedisError> {
         let token = crate::queue::message::new_job_id();
         let taken: Option<String> = redis::cmd("SET")
             .arg(&key)

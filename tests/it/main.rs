@@ -9,6 +9,7 @@ mod helpers;
 mod intake;
 mod proxy;
 mod rate_limit;
+mod reconcile;
 mod s3;
 mod simulator;
 mod spool;

@@ -41,10 +41,10 @@ fn scratch(test: &str) -> PathBuf {
 /// Everything a worker test needs: the simulator with one company connected through the real
 /// connect flow, `serve`, storage in a scratch directory, and a queue bound to `call.imported`.
 pub(crate) struct Harness {
-    sim: RunningSimulator,
-    company: CompanyInfo,
+    pub(crate) sim: RunningSimulator,
+    pub(crate) company: CompanyInfo,
     pub(crate) app: TestApp,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     events: lapin::Consumer,
     events_link: crate::helpers::Amqp,
     worker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
@@ -56,14 +56,22 @@ impl Harness {
         sim: SimSettings,
         tweak: impl FnOnce(&mut Settings),
     ) -> Harness {
+        let spec = CompanySpec {
+            agents: 3,
+            ..CompanySpec::default()
+        };
+        Self::start_with(test, sim, spec, tweak).await
+    }
+
+    /// As [`Harness::start`], with a company made from `spec`.
+    pub(crate) async fn start_with(
+        test: &str,
+        sim: SimSettings,
+        spec: CompanySpec,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Harness {
         let sim = start_sim(sim).await;
-        let company = sim
-            .state
-            .add_company(CompanySpec {
-                agents: 3,
-                ..CompanySpec::default()
-            })
-            .unwrap();
+        let company = sim.state.add_company(spec).unwrap();
         let root = scratch(test);
         let mut settings = service_settings(test);
         settings.aircall_base_url = sim.base_url.clone();
@@ -159,11 +167,11 @@ impl Harness {
         }
     }
 
-    fn id(&self) -> ConnectionId {
+    pub(crate) fn id(&self) -> ConnectionId {
         ConnectionId::parse(CONNECTION).unwrap()
     }
 
-    fn importer(&self) -> Importer {
+    pub(crate) fn importer(&self) -> Importer {
         self.app.ctx.importer(&CancellationToken::new()).unwrap()
     }
 
@@ -173,14 +181,14 @@ impl Harness {
         self.worker = Some((cancel, task));
     }
 
-    async fn stop_worker(&mut self) {
+    pub(crate) async fn stop_worker(&mut self) {
         if let Some((cancel, task)) = self.worker.take() {
             cancel.cancel();
             let _ = task.await;
         }
     }
 
-    fn paying_agent(&self) -> String {
+    pub(crate) fn paying_agent(&self) -> String {
         self.company
             .agents
             .iter()
@@ -190,7 +198,7 @@ impl Harness {
             .clone()
     }
 
-    fn unpaid_agent(&self) -> String {
+    pub(crate) fn unpaid_agent(&self) -> String {
         self.company
             .agents
             .iter()
@@ -212,7 +220,7 @@ impl Harness {
         self.sim.state.add_call(self.company.id, spec).unwrap()
     }
 
-    async fn outcome(&self, call: u64) -> Option<OutcomeRecord> {
+    pub(crate) async fn outcome(&self, call: u64) -> Option<OutcomeRecord> {
         self.app
             .ctx
             .outcomes
@@ -266,7 +274,7 @@ impl Harness {
     }
 
     /// Events that arrive within `wait`.
-    async fn events_within(&mut self, wait: Duration) -> Vec<CallImported> {
+    pub(crate) async fn events_within(&mut self, wait: Duration) -> Vec<CallImported> {
         let mut events = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(Ok(delivery))) =
@@ -279,7 +287,7 @@ impl Harness {
     }
 
     /// Every file under the storage root, relative.
-    fn files(&self) -> Vec<String> {
+    pub(crate) fn files(&self) -> Vec<String> {
         fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let path = entry.path();

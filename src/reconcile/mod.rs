@@ -1,0 +1,604 @@
+//! The `reconcile` role: the safety net behind the webhooks. For each connection, under a lock
+//! in Redis (so any number of replicas, or a CronJob beside a loop, never do the work twice):
+//!
+//! - **webhook health**: the connection's Aircall webhook is read; one Aircall deactivated is
+//!   re-activated, one that vanished is registered again;
+//! - **first import** of a new connection, as soon as it has paying users: the window (14 days)
+//!   is listed in ascending pages of 50 (ranges split under the 10,000-result cap), judged with
+//!   the worker's own rules, and the most recent `first_import_max_calls` (200) eligible calls are
+//!   queued; the older eligible ones are recorded `first_import_cap`;
+//! - **later passes**: from the watermark minus an overlap (calls that started before it and
+//!   ended after it) up to a minute ago; every call not decided yet is queued with the listing's
+//!   snapshot, skips and pending calls are recorded; calls imported or finally skipped are left
+//!   alone. The watermark moves only after a complete pass, so a failed pass is covered by the
+//!   next;
+//! - **paying users changed**: calls of the window skipped `user_not_matched` whose agent now pays
+//!   are queued again (no first-import cap for them);
+//! - **pending calls** due for a re-check are queued by id; the worker decides them again and
+//!   sets their next re-check, until the recording wait is over (`no_recording`).
+//!
+//! Every Aircall request goes through the connection's shared budget, so the poller and the
+//! workers never push a company past its limit together. Each pass leaves a run report.
+//!
+//! It never downloads or stores anything: that is the worker's job, fed by the queued jobs.
+
+mod report;
+mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+use url::Url;
+
+pub use report::{RunKind, RunReport};
+pub use state::{ReconcileState, StateStore};
+
+use crate::aircall::models::{HANDLED_EVENTS, WebhookSpec};
+use crate::aircall::{Aircall, AircallClient, AircallError, Call, CallId, Credentials};
+use crate::config::{ImportSettings, ReconcileSettings};
+use crate::connections::{
+    ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore, Outcome, OutcomeQuery,
+    OutcomeRecord, OutcomeStore, webhook_url,
+};
+use crate::crypto::Keys;
+use crate::import::lease::Leases;
+use crate::import::rules::{self, Decision, PayingUsers, PendingReason, Rules, SkipReason};
+use crate::queue::{Broker, ImportJob, Message, PublishError, Trigger};
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Aircall(#[from] AircallError),
+    #[error("Redis failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("queueing an import job failed")]
+    Publish(#[from] PublishError),
+    #[error("the stored API token cannot be decrypted with the configured secret_key")]
+    CredentialsUnreadable,
+    #[error("the lock on the connection was lost")]
+    LockLost,
+}
+
+/// What one attempt at a connection came to.
+#[derive(Debug)]
+pub enum Pass {
+    /// The pass ran (successfully or not: see the report's `error`).
+    Ran(Box<RunReport>),
+    /// Nothing was done, for this reason.
+    Skipped(&'static str),
+}
+
+/// Totals of a round over every due connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub succeeded: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// Everything a pass needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Reconciler {
+    pub connections: ConnectionStore,
+    pub outcomes: OutcomeStore,
+    pub state: StateStore,
+    pub aircall: Aircall,
+    pub keys: Arc<Keys>,
+    pub broker: Broker,
+    pub locks: Leases,
+    pub rules: Rules,
+    pub import: ImportSettings,
+    pub settings: ReconcileSettings,
+    /// Where Aircall reaches this service (to register a vanished webhook again).
+    pub public_url: Url,
+    pub confirm_timeout: Duration,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl Reconciler {
+    /// Runs passes until `cancel` fires: every `tick_ms`, each connection that is due.
+    pub async fn run(self, cancel: CancellationToken) {
+        info!(
+            interval_ms = self.settings.interval_ms,
+            "reconciling every connection"
+        );
+        loop {
+            self.run_due(false, &cancel).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.tick()) => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+        info!("reconciler stopped");
+    }
+
+    /// One round over every connection that is due (`once`: due within a tenth of the
+    /// interval, so a CronJob firing every interval never skips a connection by a few seconds).
+    pub async fn run_due(&self, once: bool, cancel: &CancellationToken) -> Round {
+        let mut round = Round::default();
+        let ids = match self.connections.ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(error = %e, "cannot list the connections");
+                round.failed += 1;
+                return round;
+            }
+        };
+        let slack = if once {
+            self.settings.interval_ms as i64 / 10
+        } else {
+            0
+        };
+        for id in ids {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let due = match self.state.get(&id).await {
+                Ok(state) => state.next_due_ms <= now_ms() + slack,
+                Err(e) => {
+                    warn!(connection = %id, error = %e, "cannot read the reconciliation state");
+                    round.failed += 1;
+                    continue;
+                }
+            };
+            if !due {
+                continue;
+            }
+            match self.run_connection(&id, cancel).await {
+                Ok(Pass::Ran(report)) if report.error.is_none() => round.succeeded += 1,
+                Ok(Pass::Ran(_)) => round.failed += 1,
+                Ok(Pass::Skipped(_)) => round.skipped += 1,
+                Err(e) => {
+                    warn!(connection = %id, error = %e, "cannot reconcile");
+                    round.failed += 1;
+                }
+            }
+        }
+        round
+    }
+
+    /// One pass over one connection, now, under its lock.
+    pub async fn run_connection(
+        &self,
+        id: &ConnectionId,
+        cancel: &CancellationToken,
+    ) -> Result<Pass, ReconcileError> {
+        let span = info_span!("reconcile", connection = %id);
+        self.run_connection_inner(id, cancel).instrument(span).await
+    }
+
+    async fn run_connection_inner(
+        &self,
+        id: &ConnectionId,
+        cancel: &CancellationToken,
+    ) -> Result<Pass, ReconcileError> {
+        let Some(connection) = self.connections.get(id).await? else {
+            return Ok(Pass::Skipped("unknown_connection"));
+        };
+        if connection.status == ConnectionStatus::InvalidCredentials {
+            // Nothing to ask Aircall with; new credentials reset the status.
+            return Ok(Pass::Skipped("invalid_credentials"));
+        }
+        let users = self.connections.paying_users(id).await?;
+        if users.is_empty() {
+            return Ok(Pass::Skipped("waiting_for_users"));
+        }
+        let Some(lock) = self.locks.acquire_key(self.state.lock_key(id)).await? else {
+            return Ok(Pass::Skipped("locked"));
+        };
+        let mut state = self.state.get(id).await?;
+        let started_ms = now_ms();
+        let mut report = RunReport::new(id, started_ms);
+        let client = self.client(&connection, cancel)?;
+        let outcome = tokio::select! {
+            outcome = self.pass(&connection, &users, &client, &mut state, &mut report) => outcome,
+            () = lock.lost() => Err(ReconcileError::LockLost),
+        };
+        let stats = client.stats();
+        report.aircall_requests = stats.requests;
+        report.rate_limited = stats.rate_limited;
+        report.budget_wait_ms = stats.budget_wait_ms;
+        report.ended_at_ms = now_ms();
+        if let Err(e) = &outcome {
+            report.error = Some(crate::import::job::error_chain(e));
+            if matches!(
+                e,
+                ReconcileError::Aircall(AircallError::InvalidCredentials { .. })
+            ) {
+                self.connections
+                    .set_status(id, ConnectionStatus::InvalidCredentials)
+                    .await?;
+            }
+        }
+        // The next pass, failed or not, comes an interval later (plus jitter); a failed pass
+        // left the watermark where the last good one put it.
+        state.next_due_ms = started_ms + self.next_interval_ms();
+        state.last_run_at_ms = started_ms;
+        self.state.save(id, &state).await?;
+        self.state
+            .push_report(id, &report, self.settings.reports_kept)
+            .await?;
+        lock.release().await;
+        report.log();
+        Ok(Pass::Ran(Box::new(report)))
+    }
+
+    fn next_interval_ms(&self) -> i64 {
+        let jitter = match self.settings.jitter_ms {
+            0 => 0,
+            j => fastrand::u64(0..=j),
+        };
+        (self.settings.interval_ms + jitter) as i64
+    }
+
+    fn client(
+        &self,
+        connection: &ConnectionRecord,
+        cancel: &CancellationToken,
+    ) -> Result<AircallClient, ReconcileError> {
+        let api_token = self
+            .keys
+            .decrypt(&connection.api_token_sealed, connection.id.as_str())
+            .map_err(|_| ReconcileError::CredentialsUnreadable)?;
+        Ok(self.aircall.client(
+            Credentials {
+                api_id: connection.api_id.clone(),
+                api_token,
+            },
+            connection.id.as_str(),
+            cancel.clone(),
+        ))
+    }
+
+    async fn pass(
+        &self,
+        connection: &ConnectionRecord,
+        users: &PayingUsers,
+        client: &AircallClient,
+        state: &mut ReconcileState,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let id = &connection.id;
+        report.webhook = Some(self.check_webhook(connection, client).await?);
+        let now_s = now_ms() / 1000;
+        let to = now_s - self.settings.lag_s as i64;
+        let window_start = now_s - self.rules.window_s;
+        match state.watermark {
+            None => {
+                report.kind = RunKind::FirstImport;
+                self.first_import(id, users, client, (window_start, to), report)
+                    .await?;
+            }
+            Some(watermark) => {
+                report.kind = RunKind::Incremental;
+                let from = (watermark - self.settings.overlap_s as i64).max(window_start);
+                self.incremental(id, users, client, (from, to), report)
+                    .await?;
+            }
+        }
+        // Only a complete listing moves the watermark.
+        state.watermark = Some(to);
+        if state.first_import_at_ms.is_none() {
+            state.first_import_at_ms = Some(now_ms());
+        }
+        let users_changed = self.connections.users_changed_at_ms(id).await?;
+        if let Some(changed) = users_changed.filter(|c| Some(*c) > state.users_seen_ms) {
+            if state.users_seen_ms.is_some() {
+                self.users_changed(id, users, now_s, report).await?;
+            }
+            state.users_seen_ms = Some(changed);
+        }
+        self.recheck_pending(id, report).await?;
+        Ok(())
+    }
+
+    /// Reads the connection's webhook; re-activates it, or registers it again if it vanished.
+    async fn check_webhook(
+        &self,
+        connection: &ConnectionRecord,
+        client: &AircallClient,
+    ) -> Result<String, ReconcileError> {
+        let events: Vec<String> = HANDLED_EVENTS.iter().map(|e| e.to_string()).collect();
+        match client.get_webhook(&connection.webhook_id).await {
+            Ok(webhook) if webhook.active => Ok("active".into()),
+            Ok(_) => {
+                let spec = WebhookSpec {
+                    custom_name: None,
+                    url: None,
+                    events,
+                    active: Some(true),
+                };
+                client.update_webhook(&connection.webhook_id, &spec).await?;
+                warn!(webhook = %connection.webhook_id, "Aircall had deactivated the webhook; re-activated");
+                if connection.status == ConnectionStatus::WebhookDisabled {
+                    self.connections
+                        .set_status(&connection.id, ConnectionStatus::Active)
+                        .await?;
+                }
+                Ok("reactivated".into())
+            }
+            Err(AircallError::NotFound) => {
+                let spec = WebhookSpec {
+                    custom_name: Some(format!("aircall-ingest {}", connection.id)),
+                    url: Some(webhook_url(&self.public_url, &connection.id)),
+                    events,
+                    active: None,
+                };
+                let webhook = client.create_webhook(&spec).await?;
+                let Some(token) = webhook.token.as_ref() else {
+                    return Err(AircallError::Malformed {
+                        endpoint: "create_webhook",
+                        reason: "the webhook came back without a token".into(),
+                    }
+                    .into());
+                };
+                use secrecy::ExposeSecret as _;
+                let fingerprint = self.keys.fingerprint(token.expose_secret());
+                self.connections
+                    .update_webhook(&connection.id, &webhook.webhook_id, &fingerprint)
+                    .await?;
+                warn!(webhook = %webhook.webhook_id, "the webhook was gone from Aircall; registered again");
+                Ok("recreated".into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The first import: the whole window, the most recent eligible calls queued.
+    async fn first_import(
+        &self,
+        id: &ConnectionId,
+        users: &PayingUsers,
+        client: &AircallClient,
+        (from, to): (i64, i64),
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        report.ranges.push((from, to));
+        let cap = self.settings.first_import_max_calls;
+        // Pages come oldest first, so the last `cap` eligible calls seen are the most recent:
+        // any call pushed out of this window is past the cap, and recorded so at once.
+        let mut newest: VecDeque<Call> = VecDeque::with_capacity(cap + 1);
+        let mut pager = client.calls_started_between(from, to);
+        while let Some(page) = pager.next_page().await? {
+            let known = self.known(id, &page).await?;
+            for (call, known) in page.into_iter().zip(known) {
+                report.calls_seen += 1;
+                if known.is_some() {
+                    // Decided already (a webhook came first): left to the later-pass rules.
+                    continue;
+                }
+                let now_s = now_ms() / 1000;
+                match rules::decide(&call, now_s, users, &self.rules) {
+                    Decision::Import { .. } => {
+                        newest.push_back(call);
+                        if newest.len() > cap
+                            && let Some(older) = newest.pop_front()
+                        {
+                            self.record_skip(id, &older, SkipReason::FirstImportCap, report)
+                                .await?;
+                        }
+                    }
+                    Decision::Skip(reason) => self.record_skip(id, &call, reason, report).await?,
+                    Decision::Pending(reason) => {
+                        self.record_pending(id, &call, reason, report).await?
+                    }
+                }
+            }
+        }
+        for call in newest {
+            self.queue(id, call.id, Some(call), report).await?;
+        }
+        Ok(())
+    }
+
+    /// A later pass: every call of the range not decided yet.
+    async fn incremental(
+        &self,
+        id: &ConnectionId,
+        users: &PayingUsers,
+        client: &AircallClient,
+        (from, to): (i64, i64),
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        report.ranges.push((from, to));
+        let mut pager = client.calls_started_between(from, to);
+        while let Some(page) = pager.next_page().await? {
+            let known = self.known(id, &page).await?;
+            for (call, known) in page.into_iter().zip(known) {
+                report.calls_seen += 1;
+                let open = match &known {
+                    None => true,
+                    Some(record) => match record.outcome {
+                        // Done, or in the dead-letter queue for a person to look at.
+                        Outcome::Imported | Outcome::Failed => false,
+                        Outcome::Skipped => !record
+                            .reason
+                            .as_deref()
+                            .and_then(skip_reason)
+                            .is_some_and(SkipReason::is_final),
+                        Outcome::Pending => true,
+                    },
+                };
+                if !open {
+                    continue;
+                }
+                let now_s = now_ms() / 1000;
+                match rules::decide(&call, now_s, users, &self.rules) {
+                    Decision::Import { .. } => self.queue(id, call.id, Some(call), report).await?,
+                    // A call already skipped for its agent, or already pending, keeps its record
+                    // (and its re-check schedule).
+                    Decision::Skip(reason) if known.is_none() => {
+                        self.record_skip(id, &call, reason, report).await?
+                    }
+                    Decision::Pending(reason) if known.is_none() => {
+                        self.record_pending(id, &call, reason, report).await?
+                    }
+                    Decision::Skip(_) | Decision::Pending(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The paying users changed: calls of the window skipped because their agent did not pay,
+    /// and whose agent pays now, are decided again (by the worker, with a fresh look at the call).
+    async fn users_changed(
+        &self,
+        id: &ConnectionId,
+        users: &PayingUsers,
+        now_s: i64,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let window_start = now_s - self.rules.window_s;
+        let mut query = OutcomeQuery {
+            reason: Some(SkipReason::UserNotMatched.as_str().into()),
+            limit: 500,
+            ..OutcomeQuery::default()
+        };
+        loop {
+            let page = self.outcomes.list(id, &query).await?;
+            for record in &page.items {
+                let in_window = record.started_at.is_some_and(|s| s >= window_start);
+                let pays = record
+                    .agent_email
+                    .as_deref()
+                    .is_some_and(|e| users.contains(e));
+                if in_window && pays {
+                    report.users_requeued += 1;
+                    self.queue(id, record.call_id, None, report).await?;
+                }
+            }
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the pending calls whose re-check is due; the worker fetches each by id.
+    async fn recheck_pending(
+        &self,
+        id: &ConnectionId,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let due = self
+            .outcomes
+            .due_pending(id, now_ms(), self.settings.pending_batch)
+            .await?;
+        for call in due {
+            report.pending_rechecked += 1;
+            self.queue(id, call, None, report).await?;
+        }
+        Ok(())
+    }
+
+    /// The outcome records of a page of calls.
+    async fn known(
+        &self,
+        id: &ConnectionId,
+        page: &[Call],
+    ) -> Result<Vec<Option<OutcomeRecord>>, ReconcileError> {
+        let ids: Vec<CallId> = page.iter().map(|c| c.id).collect();
+        Ok(self.outcomes.get_many(id, &ids).await?)
+    }
+
+    async fn queue(
+        &self,
+        id: &ConnectionId,
+        call: CallId,
+        snapshot: Option<Call>,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let mut job = ImportJob::new(id.as_str(), call, Trigger::Reconciliation, now_ms());
+        job.snapshot = snapshot;
+        self.broker
+            .publish(&Message::ImportCall(job), self.confirm_timeout)
+            .await?;
+        report.queued += 1;
+        Ok(())
+    }
+
+    fn record_for(call: &Call, outcome: Outcome) -> OutcomeRecord {
+        let user = call.user.as_ref();
+        OutcomeRecord {
+            call_id: call.id,
+            outcome,
+            reason: None,
+            decided_at_ms: now_ms(),
+            trigger: Trigger::Reconciliation,
+            agent_email: user.and_then(|u| u.email.clone()),
+            agent_name: user.and_then(|u| u.name.clone()),
+            direction: call.direction,
+            started_at: call.started_at,
+            duration: call.duration,
+            error: None,
+            stored: None,
+            announced: false,
+            recheck_at_ms: None,
+            pending_checks: 0,
+        }
+    }
+
+    async fn record_skip(
+        &self,
+        id: &ConnectionId,
+        call: &Call,
+        reason: SkipReason,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let mut record = Self::record_for(call, Outcome::Skipped);
+        record.reason = Some(reason.as_str().into());
+        self.outcomes.record(id, &record).await?;
+        *report
+            .skipped
+            .entry(reason.as_str().to_string())
+            .or_insert(0) += 1;
+        Ok(())
+    }
+
+    async fn record_pending(
+        &self,
+        id: &ConnectionId,
+        call: &Call,
+        reason: PendingReason,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let now = now_ms();
+        let mut recheck_at = now + self.import.pending_recheck_after(1).as_millis() as i64;
+        if reason == PendingReason::RecordingNotReady
+            && let Some(deadline) = self.rules.recording_deadline(call)
+        {
+            recheck_at = recheck_at.min(deadline * 1000);
+        }
+        let mut record = Self::record_for(call, Outcome::Pending);
+        record.reason = Some(reason.as_str().into());
+        record.recheck_at_ms = Some(recheck_at);
+        record.pending_checks = 1;
+        self.outcomes.record(id, &record).await?;
+        report.pending_recorded += 1;
+        Ok(())
+    }
+}
+
+fn skip_reason(code: &str) -> Option<SkipReason> {
+    SkipReason::ALL.into_iter().find(|r| r.as_str() == code)
+}
+
+/// Counts per reason, for reports.
+pub type ReasonCounts = BTreeMap<String, u64>;
