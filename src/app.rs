@@ -140,6 +140,7 @@ impl Context {
             settings: settings.reconcile.clone(),
             public_url: settings.public_url.clone(),
             confirm_timeout: settings.queue.connect_timeout(),
+            clock: crate::reconcile::Clock::system(),
         }
     }
 

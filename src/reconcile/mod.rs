@@ -96,6 +96,7 @@ pub struct Reconciler {
     /// Where Aircall reaches this service (to register a vanished webhook again).
     pub public_url: Url,
     pub confirm_timeout: Duration,
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -106,8 +107,39 @@ impl std::fmt::Debug for Reconciler {
     }
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+/// Where a reconciler reads the time: the system's, or (benchmarks replaying a day in
+/// minutes) another source such as the simulator's clock.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<dyn Fn() -> i64 + Send + Sync>>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(None)
+    }
+
+    /// A clock reading `now_ms` (Unix milliseconds).
+    pub fn from_fn(now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(now_ms)))
+    }
+
+    /// Unix time in milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            Some(now) => now(),
+            None => (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Clock(custom)"
+        } else {
+            "Clock(system)"
+        })
+    }
 }
 
 impl Reconciler {
@@ -149,7 +181,7 @@ impl Reconciler {
                 break;
             }
             let due = match self.state.get(&id).await {
-                Ok(state) => state.next_due_ms <= now_ms() + slack,
+                Ok(state) => state.next_due_ms <= self.clock.now_ms() + slack,
                 Err(e) => {
                     warn!(connection = %id, error = %e, "cannot read the reconciliation state");
                     round.failed += 1;
@@ -202,7 +234,7 @@ impl Reconciler {
             return Ok(Pass::Skipped("locked"));
         };
         let mut state = self.state.get(id).await?;
-        let started_ms = now_ms();
+        let started_ms = self.clock.now_ms();
         let mut report = RunReport::new(id, started_ms);
         let client = self.client(&connection, cancel)?;
         let outcome = tokio::select! {
@@ -213,7 +245,7 @@ impl Reconciler {
         report.aircall_requests = stats.requests;
         report.rate_limited = stats.rate_limited;
         report.budget_wait_ms = stats.budget_wait_ms;
-        report.ended_at_ms = now_ms();
+        report.ended_at_ms = self.clock.now_ms();
         if let Err(e) = &outcome {
             report.error = Some(crate::import::job::error_chain(e));
             if matches!(
@@ -275,7 +307,7 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let id = &connection.id;
         report.webhook = Some(self.check_webhook(connection, client).await?);
-        let now_s = now_ms() / 1000;
+        let now_s = self.clock.now_ms() / 1000;
         let to = now_s - self.settings.lag_s as i64;
         let window_start = now_s - self.rules.window_s;
         match state.watermark {
@@ -294,7 +326,7 @@ impl Reconciler {
         // Only a complete listing moves the watermark.
         state.watermark = Some(to);
         if state.first_import_at_ms.is_none() {
-            state.first_import_at_ms = Some(now_ms());
+            state.first_import_at_ms = Some(self.clock.now_ms());
         }
         let users_changed = self.connections.users_changed_at_ms(id).await?;
         if let Some(changed) = users_changed.filter(|c| Some(*c) > state.users_seen_ms) {
@@ -382,7 +414,7 @@ impl Reconciler {
                     // Decided already (a webhook came first): left to the later-pass rules.
                     continue;
                 }
-                let now_s = now_ms() / 1000;
+                let now_s = self.clock.now_ms() / 1000;
                 match rules::decide(&call, now_s, users, &self.rules) {
                     Decision::Import { .. } => {
                         newest.push_back(call);
@@ -437,7 +469,7 @@ impl Reconciler {
                 if !open {
                     continue;
                 }
-                let now_s = now_ms() / 1000;
+                let now_s = self.clock.now_ms() / 1000;
                 match rules::decide(&call, now_s, users, &self.rules) {
                     Decision::Import { .. } => self.queue(id, call.id, Some(call), report).await?,
                     // A call already skipped for its agent, or already pending, keeps its record
@@ -499,7 +531,7 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let due = self
             .outcomes
-            .due_pending(id, now_ms(), self.settings.pending_batch)
+            .due_pending(id, self.clock.now_ms(), self.settings.pending_batch)
             .await?;
         for call in due {
             report.pending_rechecked += 1;
@@ -525,7 +557,12 @@ impl Reconciler {
         snapshot: Option<Call>,
         report: &mut RunReport,
     ) -> Result<(), ReconcileError> {
-        let mut job = ImportJob::new(id.as_str(), call, Trigger::Reconciliation, now_ms());
+        let mut job = ImportJob::new(
+            id.as_str(),
+            call,
+            Trigger::Reconciliation,
+            self.clock.now_ms(),
+        );
         job.snapshot = snapshot;
         self.broker
             .publish(&Message::ImportCall(job), self.confirm_timeout)
@@ -534,13 +571,13 @@ impl Reconciler {
         Ok(())
     }
 
-    fn record_for(call: &Call, outcome: Outcome) -> OutcomeRecord {
+    fn record_for(call: &Call, outcome: Outcome, decided_at_ms: i64) -> OutcomeRecord {
         let user = call.user.as_ref();
         OutcomeRecord {
             call_id: call.id,
             outcome,
             reason: None,
-            decided_at_ms: now_ms(),
+            decided_at_ms,
             trigger: Trigger::Reconciliation,
             agent_email: user.and_then(|u| u.email.clone()),
             agent_name: user.and_then(|u| u.name.clone()),
@@ -562,7 +599,7 @@ impl Reconciler {
         reason: SkipReason,
         report: &mut RunReport,
     ) -> Result<(), ReconcileError> {
-        let mut record = Self::record_for(call, Outcome::Skipped);
+        let mut record = Self::record_for(call, Outcome::Skipped, self.clock.now_ms());
         record.reason = Some(reason.as_str().into());
         self.outcomes.record(id, &record).await?;
         *report
@@ -579,14 +616,14 @@ impl Reconciler {
         reason: PendingReason,
         report: &mut RunReport,
     ) -> Result<(), ReconcileError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut recheck_at = now + self.import.pending_recheck_after(1).as_millis() as i64;
         if reason == PendingReason::RecordingNotReady
             && let Some(deadline) = self.rules.recording_deadline(call)
         {
             recheck_at = recheck_at.min(deadline * 1000);
         }
-        let mut record = Self::record_for(call, Outcome::Pending);
+        let mut record = Self::record_for(call, Outcome::Pending, now);
         record.reason = Some(reason.as_str().into());
         record.recheck_at_ms = Some(recheck_at);
         record.pending_checks = 1;
