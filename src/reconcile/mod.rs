@@ -309,7 +309,9 @@ impl Reconciler {
         report.webhook = Some(self.check_webhook(connection, client).await?);
         let now_s = self.clock.now_ms() / 1000;
         let to = now_s - self.settings.lag_s as i64;
-        let window_start = now_s - self.rules.window_s;
+        // Listings exclude their start (`from` is exclusive): one second earlier, so a call
+        // started exactly `window` ago (inside the rule) is listed too.
+        let window_start = now_s - self.rules.window_s - 1;
         match state.watermark {
             None => {
                 report.kind = RunKind::FirstImport;
