@@ -342,55 +342,93 @@ impl Reconciler {
     }
 
     /// Reads the connection's webhook; re-activates it, or registers it again if it vanished.
+    /// When Aircall refuses to (not a passing failure), the connection is marked
+    /// `webhook_disabled` and the pass goes on: listing still brings the calls in.
     async fn check_webhook(
         &self,
         connection: &ConnectionRecord,
         client: &AircallClient,
     ) -> Result<String, ReconcileError> {
-        let events: Vec<String> = HANDLED_EVENTS.iter().map(|e| e.to_string()).collect();
-        match client.get_webhook(&connection.webhook_id).await {
-            Ok(webhook) if webhook.active => Ok("active".into()),
-            Ok(_) => {
-                let spec = WebhookSpec {
-                    custom_name: None,
-                    url: None,
-                    events,
-                    active: Some(true),
-                };
-                client.update_webhook(&connection.webhook_id, &spec).await?;
-                warn!(webhook = %connection.webhook_id, "Aircall had deactivated the webhook; re-activated");
+        let mended = match client.get_webhook(&connection.webhook_id).await {
+            Ok(webhook) if webhook.active => Ok("active"),
+            Ok(_) => self.reactivate_webhook(connection, client).await,
+            Err(AircallError::NotFound) => self.register_webhook(connection, client).await,
+            Err(e) => Err(e),
+        };
+        let status = match mended {
+            Ok(state) => {
                 if connection.status == ConnectionStatus::WebhookDisabled {
                     self.connections
                         .set_status(&connection.id, ConnectionStatus::Active)
                         .await?;
                 }
-                Ok("reactivated".into())
+                state
             }
-            Err(AircallError::NotFound) => {
-                let spec = WebhookSpec {
-                    custom_name: Some(format!("aircall-ingest {}", connection.id)),
-                    url: Some(webhook_url(&self.public_url, &connection.id)),
-                    events,
-                    active: None,
-                };
-                let webhook = client.create_webhook(&spec).await?;
-                let Some(token) = webhook.token.as_ref() else {
-                    return Err(AircallError::Malformed {
-                        endpoint: "create_webhook",
-                        reason: "the webhook came back without a token".into(),
-                    }
-                    .into());
-                };
-                use secrecy::ExposeSecret as _;
-                let fingerprint = self.keys.fingerprint(token.expose_secret());
+            Err(e)
+                if !e.is_transient() && !matches!(e, AircallError::InvalidCredentials { .. }) =>
+            {
+                warn!(error = %e, "Aircall refuses to re-activate the webhook; calls come by reconciliation only");
                 self.connections
-                    .update_webhook(&connection.id, &webhook.webhook_id, &fingerprint)
+                    .set_status(&connection.id, ConnectionStatus::WebhookDisabled)
                     .await?;
-                warn!(webhook = %webhook.webhook_id, "the webhook was gone from Aircall; registered again");
-                Ok("recreated".into())
+                "disabled"
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(status.to_string())
+    }
+
+    async fn reactivate_webhook(
+        &self,
+        connection: &ConnectionRecord,
+        client: &AircallClient,
+    ) -> Result<&'static str, AircallError> {
+        let spec = WebhookSpec {
+            custom_name: None,
+            url: None,
+            // Always sent: without `events`, Aircall would subscribe the webhook to everything.
+            events: HANDLED_EVENTS.iter().map(|e| e.to_string()).collect(),
+            active: Some(true),
+        };
+        client.update_webhook(&connection.webhook_id, &spec).await?;
+        warn!(webhook = %connection.webhook_id, "Aircall had deactivated the webhook; re-activated");
+        Ok("reactivated")
+    }
+
+    async fn register_webhook(
+        &self,
+        connection: &ConnectionRecord,
+        client: &AircallClient,
+    ) -> Result<&'static str, AircallError> {
+        let spec = WebhookSpec {
+            custom_name: Some(format!("aircall-ingest {}", connection.id)),
+            url: Some(webhook_url(&self.public_url, &connection.id)),
+            events: HANDLED_EVENTS.iter().map(|e| e.to_string()).collect(),
+            active: None,
+        };
+        let webhook = client.create_webhook(&spec).await?;
+        let Some(token) = webhook.token.as_ref() else {
+            return Err(AircallError::Malformed {
+                endpoint: "create_webhook",
+                reason: "the webhook came back without a token".into(),
+            });
+        };
+        use secrecy::ExposeSecret as _;
+        let fingerprint = self.keys.fingerprint(token.expose_secret());
+        let stored = self
+            .connections
+            .update_webhook(&connection.id, &webhook.webhook_id, &fingerprint)
+            .await;
+        if !matches!(stored, Ok(true)) {
+            // Not recorded: remove it, or it would post events nobody can verify.
+            let _ = client.delete_webhook(&webhook.webhook_id).await;
+            return Err(AircallError::Malformed {
+                endpoint: "create_webhook",
+                reason: "the new webhook could not be stored".into(),
+            });
         }
+        warn!(webhook = %webhook.webhook_id, "the webhook was gone from Aircall; registered again");
+        Ok("recreated")
     }
 
     /// The first import: the whole window, the most recent eligible calls queued.

@@ -491,3 +491,34 @@ async fn reconcile_once_runs_every_due_connection_and_exits_by_its_result() {
     assert_eq!(state.reports(&h.id(), 5).await.unwrap().len(), 2);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_deleted_at_aircall_is_registered_again_and_its_deliveries_verify() {
+    let mut h = Harness::start("rec-rewebhook", roomy_sim(), |_| {}).await;
+    let old = h.sim.state.webhooks(h.company.id).unwrap()[0].clone();
+    let client = crate::helpers::client(&h.app.ctx.settings, &h.company);
+    client.delete_webhook(&old.webhook_id).await.unwrap();
+    // This app listens on a port of its own, not on the configured public_url.
+    let mut reconciler = h.app.ctx.reconciler();
+    reconciler.public_url = url::Url::parse(&h.app.url).unwrap();
+    let Pass::Ran(report) = reconciler
+        .run_connection(&h.id(), &CancellationToken::new())
+        .await
+        .unwrap()
+    else {
+        panic!("skipped")
+    };
+    assert_eq!(report.webhook.as_deref(), Some("recreated"));
+    let webhooks = h.sim.state.webhooks(h.company.id).unwrap();
+    assert_eq!(webhooks.len(), 1);
+    assert_ne!(webhooks[0].webhook_id, old.webhook_id);
+    assert_eq!(webhooks[0].events.len(), 2);
+    let record = h.app.ctx.connections.get(&h.id()).await.unwrap().unwrap();
+    assert_eq!(record.webhook_id, webhooks[0].webhook_id);
+    // The new token is the one the endpoint now accepts.
+    h.start_worker();
+    let call = h.add_call(&h.call(4_000));
+    h.wait_outcome(call, |r| r.outcome == Outcome::Imported)
+        .await;
+    h.stop().await;
+}
