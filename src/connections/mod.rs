@@ -173,6 +173,7 @@ for i = 2, #ARGV do
   redis.call('SADD', KEYS[2], ARGV[i])
 end
 redis.call('HSET', KEYS[1], 'users_changed_at_ms', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'users_version', 1)
 if redis.call('HGET', KEYS[1], 'status') == 'waiting_for_users' then
   redis.call('HSET', KEYS[1], 'status', 'active')
 end
@@ -323,17 +324,15 @@ impl ConnectionStore {
         Ok(done == 1)
     }
 
-    /// When the paying users last changed (Unix ms), if ever.
-    pub async fn users_changed_at_ms(
-        &self,
-        id: &ConnectionId,
-    ) -> Result<Option<i64>, redis::RedisError> {
-        let at: Option<String> = self
+    /// How many times the paying users were set (0 if never): a counter, so no clock skew
+    /// between replicas or two changes within a millisecond can hide a change.
+    pub async fn users_version(&self, id: &ConnectionId) -> Result<i64, redis::RedisError> {
+        let version: Option<i64> = self
             .redis
             .clone()
-            .hget(self.key(id), "users_changed_at_ms")
+            .hget(self.key(id), "users_version")
             .await?;
-        Ok(at.and_then(|t| t.parse().ok()))
+        Ok(version.unwrap_or(0))
     }
 
     /// Points an existing connection at a new webhook (Aircall lost or deleted the old one).

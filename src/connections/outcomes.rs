@@ -174,8 +174,9 @@ pub struct OutcomePage {
 /// pending index, the call's lease. ARGV: index key prefix, call id, JSON, outcome, reason ('' for
 /// none), score (ms), recheck time ('' for none), lease token ('' when not fenced).
 /// Returns 1 when written; 0 when an `imported` record stands (nothing overwrites it but
-/// another import); 2 when a `failed` record would hide a decision (a failure of one attempt
-/// does not undo a skip or a pending re-check); -1 when the lease is no longer the writer's.
+/// another import); 2 when a `failed` record would hide a skip (a failure of one attempt does
+/// not undo a decision; it does end a pending call's re-checks, which would only fail again
+/// until someone replays the dead letter); -1 when the lease is no longer the writer's.
 const RECORD_LUA: &str = r"
 if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[8] then
   return -1
@@ -186,7 +187,7 @@ if old then
   if o.outcome == 'imported' and ARGV[4] ~= 'imported' then
     return 0
   end
-  if ARGV[4] == 'failed' and (o.outcome == 'skipped' or o.outcome == 'pending') then
+  if ARGV[4] == 'failed' and o.outcome == 'skipped' then
     return 2
   end
   redis.call('ZREM', ARGV[1] .. 'outcome:' .. o.outcome, ARGV[2])
@@ -214,7 +215,7 @@ pub enum Recorded {
     Written,
     /// The call is imported already; the import stands.
     KeptImport,
-    /// A failure was not written over a skip or a pending decision.
+    /// A failure was not written over a skip.
     KeptDecision,
     /// The write was fenced by a lease its writer no longer holds: nothing was written.
     LeaseLost,
@@ -379,6 +380,22 @@ impl OutcomeStore {
             .query_async(&mut self.redis.clone())
             .await?;
         Ok(ids.into_iter().map(CallId).collect())
+    }
+
+    /// Moves a pending call's next re-check to `until_ms` (if it is still pending).
+    pub async fn postpone_pending(
+        &self,
+        connection: &ConnectionId,
+        call: CallId,
+        until_ms: i64,
+    ) -> Result<(), redis::RedisError> {
+        redis::cmd("ZADD")
+            .arg(self.index(connection, "pending"))
+            .arg("XX")
+            .arg(until_ms)
+            .arg(call.0)
+            .query_async::<()>(&mut self.redis.clone())
+            .await
     }
 
     /// A page of outcomes, newest decision first.

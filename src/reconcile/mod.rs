@@ -159,8 +159,10 @@ impl Reconciler {
         info!("reconciler stopped");
     }
 
-    /// One round over every connection that is due (`once`: due within a tenth of the
-    /// interval, so a CronJob firing every interval never skips a connection by a few seconds).
+    /// One round over every connection that is due. With `once` (a CronJob firing every
+    /// interval), "due" is judged against the round's start with half an interval of slack, so
+    /// a connection is never put off by the jitter or by how long the connections before it
+    /// took.
     pub async fn run_due(&self, once: bool, cancel: &CancellationToken) -> Round {
         let mut round = Round::default();
         let ids = match self.connections.ids().await {
@@ -171,8 +173,9 @@ impl Reconciler {
                 return round;
             }
         };
+        let round_start = self.clock.now_ms();
         let slack = if once {
-            self.settings.interval_ms as i64 / 10
+            self.settings.interval_ms as i64 / 2
         } else {
             0
         };
@@ -180,8 +183,13 @@ impl Reconciler {
             if cancel.is_cancelled() {
                 break;
             }
+            let due_by = if once {
+                round_start + slack
+            } else {
+                self.clock.now_ms()
+            };
             let due = match self.state.get(&id).await {
-                Ok(state) => state.next_due_ms <= self.clock.now_ms() + slack,
+                Ok(state) => state.next_due_ms <= due_by,
                 Err(e) => {
                     warn!(connection = %id, error = %e, "cannot read the reconciliation state");
                     round.failed += 1;
@@ -191,7 +199,12 @@ impl Reconciler {
             if !due {
                 continue;
             }
-            match self.run_connection(&id, cancel).await {
+            let span = info_span!("reconcile", connection = %id);
+            match self
+                .run_locked(&id, Some(due_by), cancel)
+                .instrument(span)
+                .await
+            {
                 Ok(Pass::Ran(report)) if report.error.is_none() => round.succeeded += 1,
                 Ok(Pass::Ran(_)) => round.failed += 1,
                 Ok(Pass::Skipped(_)) => round.skipped += 1,
@@ -211,12 +224,15 @@ impl Reconciler {
         cancel: &CancellationToken,
     ) -> Result<Pass, ReconcileError> {
         let span = info_span!("reconcile", connection = %id);
-        self.run_connection_inner(id, cancel).instrument(span).await
+        self.run_locked(id, None, cancel).instrument(span).await
     }
 
-    async fn run_connection_inner(
+    /// A pass under the connection's lock; with `due_by`, only if the connection is still due
+    /// by then once the lock is held (another replica may have just run it).
+    async fn run_locked(
         &self,
         id: &ConnectionId,
+        due_by: Option<i64>,
         cancel: &CancellationToken,
     ) -> Result<Pass, ReconcileError> {
         let Some(connection) = self.connections.get(id).await? else {
@@ -226,6 +242,8 @@ impl Reconciler {
             // Nothing to ask Aircall with; new credentials reset the status.
             return Ok(Pass::Skipped("invalid_credentials"));
         }
+        // The version first: a change landing between the two reads is seen again next pass.
+        let users_version = self.connections.users_version(id).await?;
         let users = self.connections.paying_users(id).await?;
         if users.is_empty() {
             return Ok(Pass::Skipped("waiting_for_users"));
@@ -234,13 +252,24 @@ impl Reconciler {
             return Ok(Pass::Skipped("locked"));
         };
         let mut state = self.state.get(id).await?;
+        if due_by.is_some_and(|by| state.next_due_ms > by) {
+            lock.release().await;
+            return Ok(Pass::Skipped("not_due"));
+        }
         let started_ms = self.clock.now_ms();
         let mut report = RunReport::new(id, started_ms);
         let client = self.client(&connection, cancel)?;
         let outcome = tokio::select! {
-            outcome = self.pass(&connection, &users, &client, &mut state, &mut report) => outcome,
+            outcome = self.pass(&connection, (&users, users_version), &client, &mut state, &mut report) => outcome,
             () = lock.lost() => Err(ReconcileError::LockLost),
         };
+        if cancel.is_cancelled() {
+            // Shutting down mid-pass: the next process runs it again as soon as it starts;
+            // nothing of this pass is recorded (its queued jobs are harmless duplicates).
+            lock.release().await;
+            info!("reconciliation pass interrupted by shutdown");
+            return Ok(Pass::Skipped("cancelled"));
+        }
         let stats = client.stats();
         report.aircall_requests = stats.requests;
         report.rate_limited = stats.rate_limited;
@@ -257,16 +286,25 @@ impl Reconciler {
                     .await?;
             }
         }
-        // The next pass, failed or not, comes an interval later (plus jitter); a failed pass
-        // left the watermark where the last good one put it.
-        state.next_due_ms = started_ms + self.next_interval_ms();
+        // The next pass comes an interval later (plus jitter); after a failure, a third of an
+        // interval later, since what failed (the first import, say) is still owed. A failed
+        // pass left the watermark where the last good one put it.
+        state.next_due_ms = started_ms
+            + match &outcome {
+                Ok(()) => self.next_interval_ms(),
+                Err(_) => self.settings.interval_ms as i64 / 3,
+            };
         state.last_run_at_ms = started_ms;
+        report.log();
+        if lock.is_lost() {
+            // Another replica holds the connection now: its state is not ours to write.
+            return Ok(Pass::Ran(Box::new(report)));
+        }
         self.state.save(id, &state).await?;
         self.state
             .push_report(id, &report, self.settings.reports_kept)
             .await?;
         lock.release().await;
-        report.log();
         Ok(Pass::Ran(Box::new(report)))
     }
 
@@ -300,13 +338,24 @@ impl Reconciler {
     async fn pass(
         &self,
         connection: &ConnectionRecord,
-        users: &PayingUsers,
+        (users, users_version): (&PayingUsers, i64),
         client: &AircallClient,
         state: &mut ReconcileState,
         report: &mut RunReport,
     ) -> Result<(), ReconcileError> {
         let id = &connection.id;
-        report.webhook = Some(self.check_webhook(connection, client).await?);
+        // A webhook Aircall cannot tell us about right now must not stop the listing: the
+        // safety net matters most when Aircall is degraded.
+        match self.check_webhook(connection, client).await {
+            Ok(state) => report.webhook = Some(state),
+            Err(ReconcileError::Aircall(e))
+                if !matches!(e, AircallError::InvalidCredentials { .. }) =>
+            {
+                warn!(error = %e, "cannot check the webhook; listing anyway");
+                report.webhook = Some(format!("unchecked: {e}"));
+            }
+            Err(e) => return Err(e),
+        }
         let now_s = self.clock.now_ms() / 1000;
         let to = now_s - self.settings.lag_s as i64;
         // Listings exclude their start (`from` is exclusive): one second earlier, so a call
@@ -330,13 +379,11 @@ impl Reconciler {
         if state.first_import_at_ms.is_none() {
             state.first_import_at_ms = Some(self.clock.now_ms());
         }
-        let users_changed = self.connections.users_changed_at_ms(id).await?;
-        if let Some(changed) = users_changed.filter(|c| Some(*c) > state.users_seen_ms) {
-            if state.users_seen_ms.is_some() {
-                self.users_changed(id, users, now_s, report).await?;
-            }
-            state.users_seen_ms = Some(changed);
+        // The first import decided every call with these users already.
+        if state.users_seen.is_some_and(|seen| users_version > seen) {
+            self.users_changed(id, users, now_s, report).await?;
         }
+        state.users_seen = Some(users_version);
         self.recheck_pending(id, report).await?;
         Ok(())
     }
@@ -450,12 +497,18 @@ impl Reconciler {
             let known = self.known(id, &page).await?;
             for (call, known) in page.into_iter().zip(known) {
                 report.calls_seen += 1;
-                if known.is_some() {
-                    // Decided already (a webhook came first): left to the later-pass rules.
+                if settled(known.as_ref()) {
                     continue;
                 }
+                // Undecided, or decided in a way worth looking at again (a webhook judged it
+                // before the paying users were set, say): judged now, and eligible calls
+                // compete for the first import like any other.
                 let now_s = self.clock.now_ms() / 1000;
-                match rules::decide(&call, now_s, users, &self.rules) {
+                let decision = rules::decide(&call, now_s, users, &self.rules);
+                if same_as_recorded(&decision, known.as_ref()) {
+                    continue;
+                }
+                match decision {
                     Decision::Import { .. } => {
                         newest.push_back(call);
                         if newest.len() > cap
@@ -493,34 +546,22 @@ impl Reconciler {
             let known = self.known(id, &page).await?;
             for (call, known) in page.into_iter().zip(known) {
                 report.calls_seen += 1;
-                let open = match &known {
-                    None => true,
-                    Some(record) => match record.outcome {
-                        // Done, or in the dead-letter queue for a person to look at.
-                        Outcome::Imported | Outcome::Failed => false,
-                        Outcome::Skipped => !record
-                            .reason
-                            .as_deref()
-                            .and_then(skip_reason)
-                            .is_some_and(SkipReason::is_final),
-                        Outcome::Pending => true,
-                    },
-                };
-                if !open {
+                if settled(known.as_ref()) {
                     continue;
                 }
                 let now_s = self.clock.now_ms() / 1000;
-                match rules::decide(&call, now_s, users, &self.rules) {
+                let decision = rules::decide(&call, now_s, users, &self.rules);
+                // The same decision as recorded keeps its record (and a pending call its
+                // re-check schedule); a new one replaces it.
+                if same_as_recorded(&decision, known.as_ref()) {
+                    continue;
+                }
+                match decision {
                     Decision::Import { .. } => self.queue(id, call.id, Some(call), report).await?,
-                    // A call already skipped for its agent, or already pending, keeps its record
-                    // (and its re-check schedule).
-                    Decision::Skip(reason) if known.is_none() => {
-                        self.record_skip(id, &call, reason, report).await?
-                    }
-                    Decision::Pending(reason) if known.is_none() => {
+                    Decision::Skip(reason) => self.record_skip(id, &call, reason, report).await?,
+                    Decision::Pending(reason) => {
                         self.record_pending(id, &call, reason, report).await?
                     }
-                    Decision::Skip(_) | Decision::Pending(_) => {}
                 }
             }
         }
@@ -573,9 +614,15 @@ impl Reconciler {
             .outcomes
             .due_pending(id, self.clock.now_ms(), self.settings.pending_batch)
             .await?;
+        // Until the worker decides it (and sets the next re-check), a queued call is not
+        // due again for an interval: a worker backlog does not queue it every pass.
+        let postponed_to = self.clock.now_ms() + self.settings.interval_ms as i64;
         for call in due {
             report.pending_rechecked += 1;
             self.queue(id, call, None, report).await?;
+            self.outcomes
+                .postpone_pending(id, call, postponed_to)
+                .await?;
         }
         Ok(())
     }
@@ -670,6 +717,37 @@ impl Reconciler {
         self.outcomes.record(id, &record).await?;
         report.pending_recorded += 1;
         Ok(())
+    }
+}
+
+/// Decided for good as far as reconciliation goes: imported, skipped for a final reason, or in
+/// the dead-letter queue for a person to look at.
+fn settled(known: Option<&OutcomeRecord>) -> bool {
+    known.is_some_and(|record| match record.outcome {
+        Outcome::Imported | Outcome::Failed => true,
+        Outcome::Skipped => record
+            .reason
+            .as_deref()
+            .and_then(skip_reason)
+            .is_some_and(SkipReason::is_final),
+        Outcome::Pending => false,
+    })
+}
+
+/// Whether `decision` is what `known` records already (a skip or pending call for the same
+/// reason).
+fn same_as_recorded(decision: &Decision, known: Option<&OutcomeRecord>) -> bool {
+    let Some(known) = known else {
+        return false;
+    };
+    match decision {
+        Decision::Import { .. } => false,
+        Decision::Skip(reason) => {
+            known.outcome == Outcome::Skipped && known.reason.as_deref() == Some(reason.as_str())
+        }
+        Decision::Pending(reason) => {
+            known.outcome == Outcome::Pending && known.reason.as_deref() == Some(reason.as_str())
+        }
     }
 }
 

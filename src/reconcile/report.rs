@@ -62,14 +62,15 @@ impl RunReport {
     }
 
     pub fn log(&self) {
-        let skipped: u64 = self.skipped.values().sum();
         match &self.error {
             None => info!(
                 kind = ?self.kind,
+                started_at_ms = self.started_at_ms,
                 duration_ms = self.ended_at_ms - self.started_at_ms,
+                ranges = ?self.ranges,
                 calls_seen = self.calls_seen,
                 queued = self.queued,
-                skipped,
+                skipped = ?self.skipped,
                 pending_recorded = self.pending_recorded,
                 pending_rechecked = self.pending_rechecked,
                 users_requeued = self.users_requeued,
@@ -81,11 +82,18 @@ impl RunReport {
             ),
             Some(error) => warn!(
                 kind = ?self.kind,
+                started_at_ms = self.started_at_ms,
+                duration_ms = self.ended_at_ms - self.started_at_ms,
+                ranges = ?self.ranges,
                 calls_seen = self.calls_seen,
                 queued = self.queued,
+                skipped = ?self.skipped,
+                pending_rechecked = self.pending_rechecked,
                 aircall_requests = self.aircall_requests,
+                rate_limited = self.rate_limited,
+                budget_wait_ms = self.budget_wait_ms,
                 error,
-                "reconciliation pass failed; the watermark stays where the last good pass left it"
+                "reconciliation pass failed; the watermark moved only if its listing completed"
             ),
         }
     }

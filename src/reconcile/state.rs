@@ -1,5 +1,5 @@
 //! Per-connection reconciliation state in Redis: the watermark, when the first import ran, which
-//! paying-users change was seen, when the next pass is due, and the latest run reports.
+//! paying-users version was seen, when the next pass is due, and the latest run reports.
 //!
 //! Keys (the `{connection}` hash tag keeps one connection's keys on one cluster slot):
 //! `{p}:reconcile:{c}` (hash), `{p}:reconcile:{c}:reports` (list, newest first, trimmed),
@@ -20,8 +20,9 @@ pub struct ReconcileState {
     /// until the first import completed.
     pub watermark: Option<i64>,
     pub first_import_at_ms: Option<i64>,
-    /// The paying-users change (`users_changed_at_ms`) the passes have taken into account.
-    pub users_seen_ms: Option<i64>,
+    /// The paying-users version (`users_version` of the connection) the passes have taken
+    /// into account.
+    pub users_seen: Option<i64>,
     /// When the next pass is due (Unix ms); 0 for a connection never reconciled: at once.
     pub next_due_ms: i64,
     pub last_run_at_ms: i64,
@@ -67,7 +68,7 @@ impl StateStore {
         Ok(ReconcileState {
             watermark: fields.get("watermark").copied(),
             first_import_at_ms: fields.get("first_import_at_ms").copied(),
-            users_seen_ms: fields.get("users_seen_ms").copied(),
+            users_seen: fields.get("users_seen").copied(),
             next_due_ms: fields.get("next_due_ms").copied().unwrap_or(0),
             last_run_at_ms: fields.get("last_run_at_ms").copied().unwrap_or(0),
         })
@@ -88,8 +89,8 @@ impl StateStore {
         if let Some(t) = state.first_import_at_ms {
             fields.push(("first_import_at_ms", t));
         }
-        if let Some(u) = state.users_seen_ms {
-            fields.push(("users_seen_ms", u));
+        if let Some(u) = state.users_seen {
+            fields.push(("users_seen", u));
         }
         self.redis
             .clone()

@@ -522,3 +522,79 @@ async fn a_webhook_deleted_at_aircall_is_registered_again_and_its_deliveries_ver
         .await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_judged_before_the_paying_users_were_set_are_taken_by_the_first_import() {
+    let mut h = Harness::start("rec-early", roomy_sim(), |_| {}).await;
+    let id = h.id();
+    h.app
+        .ctx
+        .connections
+        .set_paying_users(&id, &PayingUsers::default(), 0)
+        .await
+        .unwrap();
+    h.start_worker();
+    // Webhooks come while nobody pays yet: the worker records the agent unmatched.
+    let early = h.add_call(&h.call(4_000));
+    let record = h
+        .wait_outcome(early, |r| r.outcome == Outcome::Skipped)
+        .await;
+    assert_eq!(record.reason.as_deref(), Some("user_not_matched"));
+
+    h.app
+        .ctx
+        .connections
+        .set_paying_users(&id, &PayingUsers::new([h.paying_agent()]), 1)
+        .await
+        .unwrap();
+    let report = pass(&h).await;
+    assert_eq!(report.kind, RunKind::FirstImport);
+    assert_eq!(report.queued, 1, "{report:?}");
+    h.wait_outcome(early, |r| r.outcome == Outcome::Imported)
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_call_whose_recheck_fails_for_good_stops_being_rechecked() {
+    let mut h = Harness::start("rec-stuck", roomy_sim(), |s| {
+        s.import.pending_recheck_initial_ms = 200;
+    })
+    .await;
+    h.start_worker();
+    pass(&h).await;
+    // A pending call Aircall no longer knows (deleted since): its re-check fails for good.
+    let ghost = aircall_ingest::connections::OutcomeRecord {
+        call_id: aircall_ingest::aircall::CallId(5_999_000_001),
+        outcome: Outcome::Pending,
+        reason: Some("recording_not_ready".into()),
+        decided_at_ms: 0,
+        trigger: aircall_ingest::queue::Trigger::Webhook,
+        agent_email: None,
+        agent_name: None,
+        direction: None,
+        started_at: Some(now_s() - 3_600),
+        duration: None,
+        error: None,
+        stored: None,
+        announced: false,
+        recheck_at_ms: Some(1),
+        pending_checks: 1,
+    };
+    h.app.ctx.outcomes.record(&h.id(), &ghost).await.unwrap();
+    let report = pass(&h).await;
+    assert_eq!(report.pending_rechecked, 1);
+    h.wait_outcome(5_999_000_001, |r| r.outcome == Outcome::Failed)
+        .await;
+    let due = h
+        .app
+        .ctx
+        .outcomes
+        .due_pending(&h.id(), i64::MAX, 10)
+        .await
+        .unwrap();
+    assert!(due.is_empty(), "{due:?}");
+    let report = pass(&h).await;
+    assert_eq!(report.pending_rechecked, 0);
+    h.stop().await;
+}
