@@ -237,8 +237,14 @@ pub struct ReconcileSettings {
     /// import can start), in milliseconds.
     pub tick_ms: u64,
     /// How far before the watermark a later pass lists again, in seconds: long enough for a
-    /// call that started before it and ended after it (recordings stop at 4 hours).
+    /// call that started before it and ended after it (recordings stop at 4 hours). Passes
+    /// list this far back once every `full_overlap_every_ms`, `short_overlap_s` otherwise (calls
+    /// in progress at a pass are pending and re-checked by id in between).
     pub overlap_s: u64,
+    /// How far before the watermark the passes in between list again, in seconds.
+    pub short_overlap_s: u64,
+    /// How often a pass lists the whole `overlap_s` again, in milliseconds.
+    pub full_overlap_every_ms: u64,
     /// Calls that started in the last this many seconds are left to the next pass (the
     /// listing's end is "a minute ago").
     pub lag_s: u64,
@@ -490,6 +496,8 @@ impl Default for ReconcileSettings {
             jitter_ms: 60 * 1_000,
             tick_ms: 10_000,
             overlap_s: 4 * 3_600 + 15 * 60,
+            short_overlap_s: 5 * 60,
+            full_overlap_every_ms: 3_600 * 1_000,
             lag_s: 60,
             first_import_max_calls: 200,
             lock_ms: 60_000,
@@ -952,6 +960,18 @@ impl Settings {
             ),
             (self.reconcile.tick_ms, "reconcile.tick_ms", 100, 3_600_000),
             (self.reconcile.overlap_s, "reconcile.overlap_s", 0, 86_400),
+            (
+                self.reconcile.short_overlap_s,
+                "reconcile.short_overlap_s",
+                0,
+                self.reconcile.overlap_s,
+            ),
+            (
+                self.reconcile.full_overlap_every_ms,
+                "reconcile.full_overlap_every_ms",
+                0,
+                7 * 86_400_000,
+            ),
             (self.reconcile.lag_s, "reconcile.lag_s", 0, 3_600),
             (
                 self.reconcile.first_import_max_calls as u64,

@@ -369,9 +369,20 @@ impl Reconciler {
             }
             Some(watermark) => {
                 report.kind = RunKind::Incremental;
-                let from = (watermark - self.settings.overlap_s as i64).max(window_start);
+                let now_ms = self.clock.now_ms();
+                let full =
+                    now_ms - state.full_overlap_at_ms >= self.settings.full_overlap_every_ms as i64;
+                let overlap = if full {
+                    self.settings.overlap_s
+                } else {
+                    self.settings.short_overlap_s
+                };
+                let from = (watermark - overlap as i64).max(window_start);
                 self.incremental(id, users, client, (from, to), report)
                     .await?;
+                if full {
+                    state.full_overlap_at_ms = now_ms;
+                }
             }
         }
         // Only a complete listing moves the watermark.
@@ -506,6 +517,8 @@ impl Reconciler {
                 let now_s = self.clock.now_ms() / 1000;
                 let decision = rules::decide(&call, now_s, users, &self.rules);
                 if same_as_recorded(&decision, known.as_ref()) {
+                    self.listed_pending(id, &call, known.as_ref(), report)
+                        .await?;
                     continue;
                 }
                 match decision {
@@ -554,6 +567,8 @@ impl Reconciler {
                 // The same decision as recorded keeps its record (and a pending call its
                 // re-check schedule); a new one replaces it.
                 if same_as_recorded(&decision, known.as_ref()) {
+                    self.listed_pending(id, &call, known.as_ref(), report)
+                        .await?;
                     continue;
                 }
                 match decision {
@@ -693,6 +708,36 @@ impl Reconciler {
             .skipped
             .entry(reason.as_str().to_string())
             .or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// A pending call the listing showed still pending was just checked, for free: its next
+    /// re-check by id is put off as if the worker had made it.
+    async fn listed_pending(
+        &self,
+        id: &ConnectionId,
+        call: &Call,
+        known: Option<&OutcomeRecord>,
+        report: &mut RunReport,
+    ) -> Result<(), ReconcileError> {
+        let Some(known) = known.filter(|k| k.outcome == Outcome::Pending) else {
+            return Ok(());
+        };
+        let mut record = known.clone();
+        record.pending_checks += 1;
+        let mut recheck_at = self.clock.now_ms()
+            + self
+                .import
+                .pending_recheck_after(record.pending_checks)
+                .as_millis() as i64;
+        if record.reason.as_deref() == Some(PendingReason::RecordingNotReady.as_str())
+            && let Some(deadline) = self.rules.recording_deadline(call)
+        {
+            recheck_at = recheck_at.min(deadline * 1000);
+        }
+        record.recheck_at_ms = Some(recheck_at);
+        self.outcomes.record(id, &record).await?;
+        report.pending_listed += 1;
         Ok(())
     }
 

@@ -40,6 +40,8 @@ pub struct RunReport {
     pub pending_recorded: u64,
     /// Pending calls whose re-check was due, queued.
     pub pending_rechecked: u64,
+    /// Pending calls the listing showed still pending: checked for free, next re-check put off.
+    pub pending_listed: u64,
     /// Calls queued again because their agent became a paying user.
     pub users_requeued: u64,
     /// The webhook: `active`, `reactivated` or `recreated`.

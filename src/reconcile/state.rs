@@ -26,6 +26,8 @@ pub struct ReconcileState {
     /// When the next pass is due (Unix ms); 0 for a connection never reconciled: at once.
     pub next_due_ms: i64,
     pub last_run_at_ms: i64,
+    /// When a pass last listed the whole overlap (Unix ms).
+    pub full_overlap_at_ms: i64,
 }
 
 /// The state of every connection. Cheap to clone.
@@ -71,6 +73,7 @@ impl StateStore {
             users_seen: fields.get("users_seen").copied(),
             next_due_ms: fields.get("next_due_ms").copied().unwrap_or(0),
             last_run_at_ms: fields.get("last_run_at_ms").copied().unwrap_or(0),
+            full_overlap_at_ms: fields.get("full_overlap_at_ms").copied().unwrap_or(0),
         })
     }
 
@@ -82,6 +85,7 @@ impl StateStore {
         let mut fields = vec![
             ("next_due_ms", state.next_due_ms),
             ("last_run_at_ms", state.last_run_at_ms),
+            ("full_overlap_at_ms", state.full_overlap_at_ms),
         ];
         if let Some(w) = state.watermark {
             fields.push(("watermark", w));

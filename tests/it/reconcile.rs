@@ -372,13 +372,21 @@ async fn a_webhook_aircall_deactivated_is_reactivated_by_the_next_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_pass_costs_two_aircall_requests() {
     let h = Harness::start("rec-quiet", roomy_sim(), |_| {}).await;
-    pass(&h).await;
+    let first = pass(&h).await;
     let report = pass(&h).await;
     assert_eq!(report.kind, RunKind::Incremental);
     assert_eq!(
         report.aircall_requests, 2,
         "webhook check + one listing page"
     );
+    // The whole overlap is listed once an hour; the passes in between list a short one.
+    let settings = &h.app.ctx.settings.reconcile;
+    let watermark = first.ranges[0].1;
+    assert_eq!(report.ranges[0].0, watermark - settings.overlap_s as i64);
+    let next = pass(&h).await;
+    let previous = report.ranges[0].1;
+    assert_eq!(next.ranges[0].0, previous - settings.short_overlap_s as i64);
+    assert_eq!(next.aircall_requests, 2);
     h.stop().await;
 }
 
