@@ -1160,7 +1160,7 @@ async fn day_part(
     let mut connections = Vec::new();
     for (label, name, overlap_s) in [
         (
-            "overlap 4 h 15 min (default)",
+            "default overlaps (4 h 15 min hourly, 5 min between)",
             "day-overlap",
             service.ctx.settings.reconcile.overlap_s,
         ),
@@ -1170,6 +1170,9 @@ async fn day_part(
         let id = service.connect(&company, name).await;
         let mut reconciler = service.reconciler(sim);
         reconciler.settings.overlap_s = overlap_s;
+        if overlap_s == 0 {
+            reconciler.settings.short_overlap_s = 0;
+        }
         // The first import, on an empty window, before the first day starts.
         pass(&reconciler, &id).await;
         connections.push(DayConnection {

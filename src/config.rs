@@ -440,7 +440,7 @@ impl Default for ImportSettings {
             download_connect_timeout_ms: 10_000,
             download_read_timeout_ms: 30_000,
             pending_recheck_initial_ms: 5 * 60 * 1_000,
-            pending_recheck_max_ms: 4 * 3_600 * 1_000,
+            pending_recheck_max_ms: 6 * 3_600 * 1_000,
         }
     }
 }
