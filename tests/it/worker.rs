@@ -687,16 +687,12 @@ async fn an_expired_recording_link_is_fetched_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_fetch_waits_for_aircall_s_window() {
     let sim = SimSettings {
-        rate_limit: 2,
-        rate_window: Duration::from_secs(2),
         send_retry_after: true,
-        ..SimSettings::for_tests()
+        ..roomy_sim()
     };
     let h = Harness::start("worker-429", sim, |s| {
         s.aircall.max_attempts = 3;
         s.aircall.max_rate_limit_wait_ms = 5_000;
-        // The simulated company counts per 2 s.
-        s.aircall.rate_limit_window_ms = 2_000;
     })
     .await;
     let importer = h.importer();
@@ -704,11 +700,20 @@ async fn a_rate_limited_fetch_waits_for_aircall_s_window() {
     let mut job = h.jobs_of(call, 1).await.remove(0);
     // A job without a usable snapshot needs GET /v1/calls/:id.
     job.snapshot = None;
-    // Another integration spends the company's budget first.
-    let other = crate::helpers::client(&h.app.ctx.settings, &h.company);
-    for _ in 0..2 {
-        let _ = other.ping().await;
-    }
+    // Other integrations have spent the company's budget: Aircall answers 429 for a moment.
+    h.sim.state.set_faults(
+        Some(h.company.id),
+        Faults {
+            rate_limit_429_share: 1.0,
+            ..Faults::default()
+        },
+    );
+    let state = h.sim.state.clone();
+    let company = h.company.id;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        state.set_faults(Some(company), Faults::default());
+    });
     let report = importer.process(job).await.unwrap();
     assert!(
         matches!(report, Report::Done(Handled::Imported)),
