@@ -572,7 +572,9 @@ impl Reconciler {
                     continue;
                 }
                 match decision {
-                    Decision::Import { .. } => self.queue(id, call.id, Some(call), report).await?,
+                    Decision::Import { .. } => {
+                        self.queue(id, call.id, Some(call), report).await?;
+                    }
                     Decision::Skip(reason) => self.record_skip(id, &call, reason, report).await?,
                     Decision::Pending(reason) => {
                         self.record_pending(id, &call, reason, report).await?
@@ -606,9 +608,8 @@ impl Reconciler {
                     .agent_email
                     .as_deref()
                     .is_some_and(|e| users.contains(e));
-                if in_window && pays {
+                if in_window && pays && self.queue(id, record.call_id, None, report).await? {
                     report.users_requeued += 1;
-                    self.queue(id, record.call_id, None, report).await?;
                 }
             }
             match page.next_cursor {
@@ -633,8 +634,9 @@ impl Reconciler {
         // due again for an interval: a worker backlog does not queue it every pass.
         let postponed_to = self.clock.now_ms() + self.settings.interval_ms as i64;
         for call in due {
-            report.pending_rechecked += 1;
-            self.queue(id, call, None, report).await?;
+            if self.queue(id, call, None, report).await? {
+                report.pending_rechecked += 1;
+            }
             self.outcomes
                 .postpone_pending(id, call, postponed_to)
                 .await?;
@@ -658,7 +660,10 @@ impl Reconciler {
         call: CallId,
         snapshot: Option<Call>,
         report: &mut RunReport,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<bool, ReconcileError> {
+        if !report.queued_calls.insert(call.0) {
+            return Ok(false);
+        }
         let mut job = ImportJob::new(
             id.as_str(),
             call,
@@ -670,7 +675,7 @@ impl Reconciler {
             .publish(&Message::ImportCall(job), self.confirm_timeout)
             .await?;
         report.queued += 1;
-        Ok(())
+        Ok(true)
     }
 
     fn record_for(call: &Call, outcome: Outcome, decided_at_ms: i64) -> OutcomeRecord {

@@ -52,6 +52,9 @@ pub struct RunReport {
     pub budget_wait_ms: u64,
     /// Why the pass failed; `None` when it completed (and moved the watermark).
     pub error: Option<String>,
+    /// Calls this pass queued, so no step queues one twice.
+    #[serde(skip)]
+    pub queued_calls: std::collections::HashSet<u64>,
 }
 
 impl RunReport {

@@ -214,7 +214,8 @@ async fn a_recording_that_comes_two_hours_late_is_imported_by_a_later_pass() {
         .advance_clock(Duration::from_secs(2 * 3_600 + 60));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let report = pass(&h).await;
-    assert_eq!(report.pending_rechecked, 1, "{report:?}");
+    // Its listing shows the recording now (else its due re-check would fetch it): queued once.
+    assert_eq!(report.queued, 1, "{report:?}");
     h.wait_outcome(call, |r| r.outcome == Outcome::Imported)
         .await;
     h.stop().await;
@@ -293,7 +294,10 @@ async fn an_agent_who_starts_paying_gets_the_calls_of_the_window_at_the_next_pas
         .await
         .unwrap();
     let report = pass(&h).await;
-    assert_eq!(report.users_requeued, 10, "{report:?}");
+    // Those inside the pass's listing are queued by it, the older ones for the users change;
+    // each once.
+    assert_eq!(report.queued, 10, "{report:?}");
+    assert!(report.users_requeued > 0, "{report:?}");
     wait_count(&h, "outcome:imported", 15).await;
     for call in paying.iter().chain(&newcomers) {
         assert_eq!(h.outcome(*call).await.unwrap().outcome, Outcome::Imported);
