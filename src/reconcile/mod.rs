@@ -410,7 +410,7 @@ impl Reconciler {
         let mended = match client.get_webhook(&connection.webhook_id).await {
             Ok(webhook) if webhook.active => Ok("active"),
             Ok(_) => self.reactivate_webhook(connection, client).await,
-            Err(AircallError::NotFound) => self.register_webhook(connection, client).await,
+            Err(AircallError::NotFound) => self.register_webhook(connection, client).await?,
             Err(e) => Err(e),
         };
         let status = match mended {
@@ -453,23 +453,29 @@ impl Reconciler {
         Ok("reactivated")
     }
 
+    /// Registers the connection's webhook again. The outer error is ours (storing it failed:
+    /// the new webhook was removed again); the inner one is Aircall's answer.
     async fn register_webhook(
         &self,
         connection: &ConnectionRecord,
         client: &AircallClient,
-    ) -> Result<&'static str, AircallError> {
+    ) -> Result<Result<&'static str, AircallError>, ReconcileError> {
         let spec = WebhookSpec {
             custom_name: Some(format!("aircall-ingest {}", connection.id)),
             url: Some(webhook_url(&self.public_url, &connection.id)),
             events: HANDLED_EVENTS.iter().map(|e| e.to_string()).collect(),
             active: None,
         };
-        let webhook = client.create_webhook(&spec).await?;
+        let webhook = match client.create_webhook(&spec).await {
+            Ok(webhook) => webhook,
+            Err(e) => return Ok(Err(e)),
+        };
         let Some(token) = webhook.token.as_ref() else {
-            return Err(AircallError::Malformed {
+            let _ = client.delete_webhook(&webhook.webhook_id).await;
+            return Ok(Err(AircallError::Malformed {
                 endpoint: "create_webhook",
                 reason: "the webhook came back without a token".into(),
-            });
+            }));
         };
         use secrecy::ExposeSecret as _;
         let fingerprint = self.keys.fingerprint(token.expose_secret());
@@ -477,16 +483,21 @@ impl Reconciler {
             .connections
             .update_webhook(&connection.id, &webhook.webhook_id, &fingerprint)
             .await;
-        if !matches!(stored, Ok(true)) {
-            // Not recorded: remove it, or it would post events nobody can verify.
-            let _ = client.delete_webhook(&webhook.webhook_id).await;
-            return Err(AircallError::Malformed {
-                endpoint: "create_webhook",
-                reason: "the new webhook could not be stored".into(),
-            });
+        match stored {
+            Ok(true) => {}
+            // Not recorded (Redis failed, or the connection was just removed): remove it, or
+            // it would post events nobody can verify.
+            Ok(false) => {
+                let _ = client.delete_webhook(&webhook.webhook_id).await;
+                return Ok(Ok("connection_gone"));
+            }
+            Err(e) => {
+                let _ = client.delete_webhook(&webhook.webhook_id).await;
+                return Err(e.into());
+            }
         }
         warn!(webhook = %webhook.webhook_id, "the webhook was gone from Aircall; registered again");
-        Ok("recreated")
+        Ok(Ok("recreated"))
     }
 
     /// The first import: the whole window, the most recent eligible calls queued.
