@@ -282,6 +282,15 @@ async fn run_reconcile(
     Ok(code)
 }
 
+/// The HTTP listener of `serve` and `all`: `--listen`, else `serve.listen`.
+fn bind(ctx: &Context, args: &ServeArgs) -> anyhow::Result<TcpListener> {
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => ctx.settings.serve.listen.parse().context("serve.listen")?,
+    };
+    TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))
+}
+
 /// Every role in one process (the local default): webhook intake, the worker, reconciliation.
 async fn run_all(
     settings: Settings,
@@ -289,11 +298,7 @@ async fn run_all(
     cancel: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let ctx = Context::new(settings)?;
-    let listen = match args.listen {
-        Some(addr) => addr,
-        None => ctx.settings.serve.listen.parse().context("serve.listen")?,
-    };
-    let listener = TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
+    let listener = bind(&ctx, &args)?;
     check_redis_durability(&ctx).await;
     let background_cancel = CancellationToken::new();
     let background = ctx.start_background(&background_cancel);
@@ -353,11 +358,7 @@ async fn run_serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let ctx = Context::new(settings)?;
-    let listen = match args.listen {
-        Some(addr) => addr,
-        None => ctx.settings.serve.listen.parse().context("serve.listen")?,
-    };
-    let listener = TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
+    let listener = bind(&ctx, &args)?;
     check_redis_durability(&ctx).await;
     // The broker and the drainer outlive the HTTP server, so requests in flight at shutdown
     // still publish instead of being spooled.

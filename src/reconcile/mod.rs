@@ -364,7 +364,8 @@ impl Reconciler {
         match state.watermark {
             None => {
                 report.kind = RunKind::FirstImport;
-                self.first_import(id, users, client, (window_start, to), report)
+                let cap = Some(self.settings.first_import_max_calls);
+                self.list_and_judge(id, users, client, (window_start, to), cap, report)
                     .await?;
             }
             Some(watermark) => {
@@ -378,7 +379,7 @@ impl Reconciler {
                     self.settings.short_overlap_s
                 };
                 let from = (watermark - overlap as i64).max(window_start);
-                self.incremental(id, users, client, (from, to), report)
+                self.list_and_judge(id, users, client, (from, to), None, report)
                     .await?;
                 if full {
                     state.full_overlap_at_ms = now_ms;
@@ -500,71 +501,27 @@ impl Reconciler {
         Ok(Ok("recreated"))
     }
 
-    /// The first import: the whole window, the most recent eligible calls queued.
-    async fn first_import(
+    /// Lists the calls started in `(from, to]` and judges every one not settled yet: skips and
+    /// pending calls recorded (a pending call listed still pending counts as re-checked),
+    /// eligible calls queued with their snapshot. With `cap` (the first import), only the `cap`
+    /// most recent eligible calls are queued and the older ones recorded `first_import_cap`.
+    ///
+    /// Calls decided already in a way worth looking at again (a webhook judged them before the
+    /// paying users were set, say) are judged anew like undecided ones, and in a first import
+    /// compete for the cap like any other.
+    async fn list_and_judge(
         &self,
         id: &ConnectionId,
         users: &PayingUsers,
         client: &AircallClient,
         (from, to): (i64, i64),
+        cap: Option<usize>,
         report: &mut RunReport,
     ) -> Result<(), ReconcileError> {
         report.ranges.push((from, to));
-        let cap = self.settings.first_import_max_calls;
         // Pages come oldest first, so the last `cap` eligible calls seen are the most recent:
-        // any call pushed out of this window is past the cap, and recorded so at once.
-        let mut newest: VecDeque<Call> = VecDeque::with_capacity(cap + 1);
-        let mut pager = client.calls_started_between(from, to);
-        while let Some(page) = pager.next_page().await? {
-            let known = self.known(id, &page).await?;
-            for (call, known) in page.into_iter().zip(known) {
-                report.calls_seen += 1;
-                if settled(known.as_ref()) {
-                    continue;
-                }
-                // Undecided, or decided in a way worth looking at again (a webhook judged it
-                // before the paying users were set, say): judged now, and eligible calls
-                // compete for the first import like any other.
-                let now_s = self.clock.now_ms() / 1000;
-                let decision = rules::decide(&call, now_s, users, &self.rules);
-                if same_as_recorded(&decision, known.as_ref()) {
-                    self.listed_pending(id, &call, known.as_ref(), report)
-                        .await?;
-                    continue;
-                }
-                match decision {
-                    Decision::Import { .. } => {
-                        newest.push_back(call);
-                        if newest.len() > cap
-                            && let Some(older) = newest.pop_front()
-                        {
-                            self.record_skip(id, &older, SkipReason::FirstImportCap, report)
-                                .await?;
-                        }
-                    }
-                    Decision::Skip(reason) => self.record_skip(id, &call, reason, report).await?,
-                    Decision::Pending(reason) => {
-                        self.record_pending(id, &call, reason, report).await?
-                    }
-                }
-            }
-        }
-        for call in newest {
-            self.queue(id, call.id, Some(call), report).await?;
-        }
-        Ok(())
-    }
-
-    /// A later pass: every call of the range not decided yet.
-    async fn incremental(
-        &self,
-        id: &ConnectionId,
-        users: &PayingUsers,
-        client: &AircallClient,
-        (from, to): (i64, i64),
-        report: &mut RunReport,
-    ) -> Result<(), ReconcileError> {
-        report.ranges.push((from, to));
+        // a call pushed out of this window is past the cap, and recorded so at once.
+        let mut newest: VecDeque<Call> = VecDeque::new();
         let mut pager = client.calls_started_between(from, to);
         while let Some(page) = pager.next_page().await? {
             let known = self.known(id, &page).await?;
@@ -582,16 +539,30 @@ impl Reconciler {
                         .await?;
                     continue;
                 }
-                match decision {
-                    Decision::Import { .. } => {
+                match (decision, cap) {
+                    (Decision::Import { .. }, Some(cap)) => {
+                        newest.push_back(call);
+                        if newest.len() > cap
+                            && let Some(older) = newest.pop_front()
+                        {
+                            self.record_skip(id, &older, SkipReason::FirstImportCap, report)
+                                .await?;
+                        }
+                    }
+                    (Decision::Import { .. }, None) => {
                         self.queue(id, call.id, Some(call), report).await?;
                     }
-                    Decision::Skip(reason) => self.record_skip(id, &call, reason, report).await?,
-                    Decision::Pending(reason) => {
+                    (Decision::Skip(reason), _) => {
+                        self.record_skip(id, &call, reason, report).await?
+                    }
+                    (Decision::Pending(reason), _) => {
                         self.record_pending(id, &call, reason, report).await?
                     }
                 }
             }
+        }
+        for call in newest {
+            self.queue(id, call.id, Some(call), report).await?;
         }
         Ok(())
     }
