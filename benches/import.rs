@@ -350,23 +350,13 @@ impl Service {
         if let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await
             && let Ok(channel) = connection.create_channel().await
         {
-            let mut queues = vec![
-                names.import,
-                names.dead,
-                names.unrouted.clone(),
-                self.events_queue.clone(),
-            ];
-            queues.extend(names.retries);
-            for queue in queues {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in [names.events, names.unrouted] {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), Default::default())
-                    .await;
-            }
+            let _ = channel
+                .queue_delete(
+                    self.events_queue.as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+            aircall_ingest::queue::topology::delete(&channel, &names).await;
             let _ = connection.close(200, "done".into()).await;
         }
         let mut redis = self.ctx.redis.clone();

@@ -63,7 +63,7 @@ use aircall_ingest::queue::{ImportJob, Message, QueueNames};
 use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
 use aircall_ingest::sim::{CallSpec, CompanyInfo, CompanySpec, RunningSimulator, SimSettings};
 use futures_util::FutureExt as _;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
@@ -215,18 +215,7 @@ impl Traces {
         if let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await
             && let Ok(channel) = connection.create_channel().await
         {
-            let mut queues = vec![names.import, names.dead, names.unrouted.clone()];
-            queues.extend(names.retries);
-            for queue in queues {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in [names.events, names.unrouted] {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), Default::default())
-                    .await;
-            }
+            aircall_ingest::queue::topology::delete(&channel, &names).await;
             let _ = connection.close(200, "done".into()).await;
         }
         let mut redis = self.redis.clone();

@@ -220,11 +220,11 @@ pub async fn run(
         Command::Probe(args) => probe(&settings, args, cancel).await,
         Command::Connect(args) => connect(settings, args, cancel).await,
         Command::Status => status(settings).await,
-        Command::Serve(args) => run_serve(settings, args, cancel).await,
+        Command::Serve(args) => run_serve(settings, args, false, cancel).await,
         Command::Users(args) => users(settings, args).await,
         Command::Worker => run_worker(settings, cancel).await,
         Command::Reconcile(args) => run_reconcile(settings, args.once, cancel).await,
-        Command::All(args) => run_all(settings, args, cancel).await,
+        Command::All(args) => run_serve(settings, args, true, cancel).await,
     }
 }
 
@@ -291,32 +291,6 @@ fn bind(ctx: &Context, args: &ServeArgs) -> anyhow::Result<TcpListener> {
     TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))
 }
 
-/// Every role in one process (the local default): webhook intake, the worker, reconciliation.
-async fn run_all(
-    settings: Settings,
-    args: ServeArgs,
-    cancel: CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(settings)?;
-    let listener = bind(&ctx, &args)?;
-    check_redis_durability(&ctx).await;
-    let background_cancel = CancellationToken::new();
-    let background = ctx.start_background(&background_cancel);
-    let worker = ctx.start_worker(&cancel)?;
-    let reconciler = tokio::spawn(ctx.reconciler().run(cancel.clone()));
-    let server = ctx.serve(listener, &cancel)?;
-    info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}; importing; reconciling");
-    server.stopped().await;
-    let _ = worker.await;
-    let _ = reconciler.await;
-    background_cancel.cancel();
-    for task in background {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
-    }
-    info!("stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Sets the paying users of a connection from the command line.
 async fn users(settings: Settings, args: crate::cli::UsersArgs) -> anyhow::Result<ExitCode> {
     let ctx = Context::new(settings)?;
@@ -351,22 +325,32 @@ async fn users(settings: Settings, args: crate::cli::UsersArgs) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `serve` role: HTTP, the broker supervisor and the spool drainer, until SIGTERM.
+/// The `serve` role (HTTP, the broker supervisor and the spool drainer) until SIGTERM; with
+/// `every_role` (`all`, the local default) the worker and the reconciler run beside it.
 async fn run_serve(
     settings: Settings,
     args: ServeArgs,
+    every_role: bool,
     cancel: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let ctx = Context::new(settings)?;
     let listener = bind(&ctx, &args)?;
     check_redis_durability(&ctx).await;
-    // The broker and the drainer outlive the HTTP server, so requests in flight at shutdown
-    // still publish instead of being spooled.
+    // The broker and the drainer outlive the other roles, so requests and imports in flight
+    // at shutdown still publish instead of being spooled or retried.
     let background_cancel = CancellationToken::new();
     let background = ctx.start_background(&background_cancel);
+    let mut roles = Vec::new();
+    if every_role {
+        roles.push(ctx.start_worker(&cancel)?);
+        roles.push(tokio::spawn(ctx.reconciler().run(cancel.clone())));
+    }
     let server = ctx.serve(listener, &cancel)?;
-    info!(addr = %server.addr, "serving webhooks at /webhooks/aircall/{{connection}}");
+    info!(addr = %server.addr, importing = every_role, reconciling = every_role, "serving webhooks at /webhooks/aircall/{{connection}}");
     server.stopped().await;
+    for role in roles {
+        let _ = role.await;
+    }
     background_cancel.cancel();
     for task in background {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
@@ -459,14 +443,10 @@ async fn status(settings: Settings) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot reach RabbitMQ")?;
     let names = ctx.broker.names().clone();
-    let mut queues = vec![names.import.clone()];
-    queues.extend(names.retries.iter().cloned());
-    queues.push(names.dead.clone());
-    queues.push(names.unrouted.clone());
-    for queue in queues {
+    for queue in names.all_queues() {
         let depth = ctx
             .broker
-            .queue_depth(&queue)
+            .queue_depth(queue)
             .await
             .with_context(|| format!("cannot read {queue}"))?;
         println!("queue {queue}: {depth} messages");

@@ -16,7 +16,10 @@
 //!                                                 and queue: kept until someone replays them)
 //! ```
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -54,6 +57,38 @@ impl QueueNames {
             events: format!("{p}.events"),
             unrouted: format!("{p}.events.unrouted"),
         }
+    }
+}
+
+impl QueueNames {
+    /// Every queue of the topology: the import queue, its retry queues, the dead-letter queue
+    /// and the queue of unrouted events.
+    pub fn all_queues(&self) -> Vec<&str> {
+        let mut queues = vec![self.import.as_str()];
+        queues.extend(self.retries.iter().map(String::as_str));
+        queues.push(&self.dead);
+        queues.push(&self.unrouted);
+        queues
+    }
+
+    /// Every exchange of the topology.
+    pub fn exchanges(&self) -> [&str; 2] {
+        [&self.events, &self.unrouted]
+    }
+}
+
+/// Deletes every queue and exchange of `names`, messages included (tests and benchmarks
+/// clean up with it); what is already gone is fine.
+pub async fn delete(channel: &Channel, names: &QueueNames) {
+    for queue in names.all_queues() {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in names.exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 

@@ -225,20 +225,7 @@ impl Drop for TestApp {
 /// Deletes the queues and Redis keys of one test app.
 async fn remove_traces(names: aircall_ingest::queue::QueueNames, prefix: String) {
     let amqp = amqp().await;
-    let mut queues = vec![names.import, names.dead, names.unrouted.clone()];
-    queues.extend(names.retries);
-    for queue in queues {
-        let _ = amqp
-            .channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    for exchange in [names.events, names.unrouted] {
-        let _ = amqp
-            .channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
+    aircall_ingest::queue::topology::delete(&amqp.channel, &names).await;
     amqp.close().await;
     let mut redis = redis().await;
     let keys: Vec<String> = redis::cmd("KEYS")
