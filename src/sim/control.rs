@@ -31,6 +31,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/companies/{id}/events", web::post().to(emit_event))
             .route("/companies/{id}/stats", web::get().to(stats))
             .route("/companies/{id}/webhooks", web::get().to(webhooks))
+            .route("/companies/{id}/api_keys", web::post().to(generate_api_key))
+            .route("/api_keys/{api_id}", web::delete().to(revoke_api_key))
             .route(
                 "/companies/{id}/webhooks/{webhook}/deactivate",
                 web::post().to(deactivate),
@@ -39,6 +41,23 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/clock/advance", web::post().to(advance_clock))
             .route("/clock", web::get().to(clock)),
     );
+}
+
+async fn generate_api_key(state: web::Data<SimState>, id: web::Path<u64>) -> HttpResponse {
+    match state.generate_api_key(*id) {
+        Some((api_id, api_token)) => {
+            HttpResponse::Created().json(json!({ "api_id": api_id, "api_token": api_token }))
+        }
+        None => missing("company"),
+    }
+}
+
+async fn revoke_api_key(state: web::Data<SimState>, api_id: web::Path<String>) -> HttpResponse {
+    if state.revoke_api_key(&api_id) {
+        HttpResponse::NoContent().finish()
+    } else {
+        missing("API key")
+    }
 }
 
 fn missing(what: &str) -> HttpResponse {

@@ -113,7 +113,8 @@ pub struct SimState {
     pub clock: SimClock,
     base_url: OnceLock<Url>,
     companies: RwLock<BTreeMap<u64, Arc<Company>>>,
-    by_api_id: RwLock<HashMap<String, Arc<Company>>>,
+    /// Every API key: its ID → the company and the key's token.
+    by_api_id: RwLock<HashMap<String, (Arc<Company>, String)>>,
     next_id: AtomicU64,
     next_company: AtomicU64,
     default_faults: RwLock<Faults>,
@@ -284,11 +285,39 @@ impl SimState {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, company.clone());
+        let token = company.api_token.clone();
         self.by_api_id
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(api_id, company);
+            .insert(api_id, (company, token));
         Ok(info)
+    }
+
+    /// Generates another API key for a company, as an admin does in the dashboard
+    /// (Integrations & API → API keys → Generate); `(api_id, api_token)`.
+    pub fn generate_api_key(&self, company: u64) -> Option<(String, String)> {
+        let company = self.company(company)?;
+        let (api_id, api_token) = {
+            let mut data = lock(&company.data);
+            (
+                format!("sim-api-{}-{:08x}", company.id, data.rng.u32(..)),
+                format!("{:016x}{:016x}", data.rng.u64(..), data.rng.u64(..)),
+            )
+        };
+        self.by_api_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(api_id.clone(), (company, api_token.clone()));
+        Some((api_id, api_token))
+    }
+
+    /// Revokes an API key: requests with it are refused 403 from now on. `false` if unknown.
+    pub fn revoke_api_key(&self, api_id: &str) -> bool {
+        self.by_api_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(api_id)
+            .is_some()
     }
 
     fn generate(&self, data: &mut CompanyData, started_at: i64) -> SimCall {
@@ -481,9 +510,9 @@ impl SimState {
             .by_api_id
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let company = companies
+        let (company, _) = companies
             .get(id)
-            .filter(|c| c.api_token == token)
+            .filter(|(_, key)| key == token)
             .ok_or_else(forbidden)?;
         Ok(company.clone())
     }
