@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use aircall_ingest::aircall::{AircallClient, CallId, Credentials};
 use aircall_ingest::app::Context;
 use aircall_ingest::config::{Mode, Settings};
-use aircall_ingest::connections::{self, ConnectionId, ConnectionStatus, Outcome};
+use aircall_ingest::connections::{self, ConnectionId, Outcome};
 use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::import::{Handled, Importer, Report};
 use aircall_ingest::queue::topology::CALL_IMPORTED;
@@ -266,7 +266,7 @@ impl Service {
             public_url: &ctx.settings.public_url,
             store: &ctx.connections,
             keys: &ctx.keys,
-            status: ConnectionStatus::WaitingForUsers,
+            users: &Default::default(),
             now_ms: now_ms(),
         })
         .await

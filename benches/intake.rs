@@ -428,7 +428,7 @@ async fn main() {
         created_at_ms: 0,
     };
     ctx.connections
-        .create(&record)
+        .create(&record, &Default::default())
         .await
         .expect("Redis on 127.0.0.1:6379");
     let cancel = CancellationToken::new();

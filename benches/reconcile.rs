@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use aircall_ingest::aircall::Credentials;
 use aircall_ingest::app::Context;
 use aircall_ingest::config::{Mode, Settings};
-use aircall_ingest::connections::{self, ConnectionId, ConnectionStatus, Outcome, OutcomeQuery};
+use aircall_ingest::connections::{self, ConnectionId, Outcome, OutcomeQuery};
 use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::queue::{ImportJob, Message, QueueNames};
 use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
@@ -347,7 +347,7 @@ impl Service {
             public_url: &self.public_url,
             store: &self.ctx.connections,
             keys: &self.ctx.keys,
-            status: ConnectionStatus::WaitingForUsers,
+            users: &Default::default(),
             now_ms: now_ms(),
         })
         .await

@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::aircall::{Aircall, CallStatus, Credentials, RateLimitSettings, RateLimiter};
-use crate::cli::{Command, ConnectArgs, ProbeArgs, ServeArgs, SimulateArgs};
+use crate::cli::{Command, ProbeArgs, ServeArgs, SimulateArgs};
 use crate::config::Settings;
-use crate::connections::{self, ConnectionId, ConnectionStatus, ConnectionStore, OutcomeStore};
-use crate::crypto::Keys;
+use crate::connections::{self, ConnectionStore, OutcomeStore};
+use crate::crypto::{AdminToken, Keys};
 use crate::import::download::Downloader;
 use crate::import::lease::Leases;
-use crate::import::rules::{PayingUsers, Rules};
+use crate::import::rules::Rules;
 use crate::import::{Importer, Storage};
 use crate::intake::Intake;
 use crate::queue::{Broker, Spool};
@@ -35,6 +35,7 @@ pub struct Context {
     pub outcomes: OutcomeStore,
     pub aircall: Aircall,
     pub keys: Arc<Keys>,
+    pub admin_token: Arc<AdminToken>,
 }
 
 impl Context {
@@ -57,6 +58,7 @@ impl Context {
             outcomes: OutcomeStore::new(redis.clone(), &settings.redis_key_prefix),
             aircall: aircall(&settings, redis.clone())?,
             keys: Arc::new(Keys::derive(&secrets.secret_key)),
+            admin_token: Arc::new(AdminToken::new(&secrets.admin_token)),
             redis,
             settings: Arc::new(settings),
         })
@@ -158,7 +160,8 @@ impl Context {
         )))
     }
 
-    /// Starts the HTTP server of the `serve` role on `listener`.
+    /// Starts the HTTP server of the `serve` role on `listener`: webhooks, the admin API,
+    /// health.
     pub fn serve(
         &self,
         listener: TcpListener,
@@ -171,6 +174,7 @@ impl Context {
                 redis: self.redis.clone(),
                 broker: self.broker.clone(),
             },
+            crate::admin::Admin::new(self.clone(), cancel.clone()),
             self.settings.serve.worker_threads(),
             self.settings.serve.shutdown_timeout(),
             cancel.clone(),
@@ -218,10 +222,8 @@ pub async fn run(
         Command::Config => Ok(print_config(&settings)),
         Command::Simulate(args) => simulate(&args, cancel).await,
         Command::Probe(args) => probe(&settings, args, cancel).await,
-        Command::Connect(args) => connect(settings, args, cancel).await,
         Command::Status => status(settings).await,
         Command::Serve(args) => run_serve(settings, args, false, cancel).await,
-        Command::Users(args) => users(settings, args).await,
         Command::Worker => run_worker(settings, cancel).await,
         Command::Reconcile(args) => run_reconcile(settings, args.once, cancel).await,
         Command::All(args) => run_serve(settings, args, true, cancel).await,
@@ -291,40 +293,6 @@ fn bind(ctx: &Context, args: &ServeArgs) -> anyhow::Result<TcpListener> {
     TcpListener::bind(listen).with_context(|| format!("cannot bind {listen}"))
 }
 
-/// Sets the paying users of a connection from the command line.
-async fn users(settings: Settings, args: crate::cli::UsersArgs) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(settings)?;
-    let id = ConnectionId::parse(&args.id)?;
-    let emails: Vec<&str> = args
-        .emails
-        .iter()
-        .flat_map(|e| e.split(','))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    let invalid: Vec<&str> = emails
-        .iter()
-        .copied()
-        .filter(|e| !crate::import::rules::looks_like_email(e))
-        .collect();
-    if !invalid.is_empty() {
-        eprintln!("not email addresses: {}", invalid.join(", "));
-        return Ok(ExitCode::from(2));
-    }
-    let users = PayingUsers::new(&emails);
-    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    if !ctx
-        .connections
-        .set_paying_users(&id, &users, now_ms)
-        .await?
-    {
-        eprintln!("no connection {id}");
-        return Ok(ExitCode::FAILURE);
-    }
-    println!("connection {id}: {} paying users", users.len());
-    Ok(ExitCode::SUCCESS)
-}
-
 /// The `serve` role (HTTP, the broker supervisor and the spool drainer) until SIGTERM; with
 /// `every_role` (`all`, the local default) the worker and the reconciler run beside it.
 async fn run_serve(
@@ -390,48 +358,6 @@ async fn check_redis_durability(ctx: &Context) {
             maxmemory_policy = policy,
             "Redis keeps nothing across restarts (fine for development)"
         ),
-    }
-}
-
-/// Connects an Aircall company from the command line: checks the credentials, registers the
-/// webhook at `{public_url}/webhooks/aircall/{id}`, stores the connection.
-async fn connect(
-    settings: Settings,
-    args: ConnectArgs,
-    cancel: CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(settings)?;
-    let id = ConnectionId::parse(&args.id)?;
-    let credentials = Credentials {
-        api_id: args.api_id.clone(),
-        api_token: args.api_token.clone(),
-    };
-    let client = ctx.aircall.client(credentials, id.as_str(), cancel);
-    let request = connections::ConnectRequest {
-        id,
-        client: &client,
-        api_id: &args.api_id,
-        api_token: &args.api_token,
-        public_url: &ctx.settings.public_url,
-        store: &ctx.connections,
-        keys: &ctx.keys,
-        status: ConnectionStatus::WaitingForUsers,
-        now_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
-    };
-    match connections::connect(request).await {
-        Ok(record) => {
-            println!(
-                "connected {}: webhook {} at {}",
-                record.id,
-                record.webhook_id,
-                connections::webhook_url(&ctx.settings.public_url, &record.id)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("cannot connect: {e}");
-            Ok(ExitCode::FAILURE)
-        }
     }
 }
 

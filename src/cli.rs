@@ -40,35 +40,8 @@ pub enum Command {
     Config,
     /// Checks a pair of Aircall credentials and summarizes the company's recent calls.
     Probe(ProbeArgs),
-    /// Connects an Aircall company: checks the credentials, registers the webhook, stores it.
-    Connect(ConnectArgs),
-    /// Replaces a connection's paying users (whose calls are imported).
-    Users(UsersArgs),
     /// Prints queue depths, the spool, the connections and their import outcomes.
     Status,
-}
-
-#[derive(Debug, Args)]
-pub struct UsersArgs {
-    /// The connection's id.
-    #[arg(long)]
-    pub id: String,
-    /// The paying users' emails (repeat the flag, or separate with commas).
-    #[arg(long = "email", value_name = "EMAIL", required = true)]
-    pub emails: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct ConnectArgs {
-    /// The connection's id: 1 to 64 of a-z, 0-9, `_`, `-`.
-    #[arg(long)]
-    pub id: String,
-    /// Aircall API ID.
-    #[arg(long, env = "AIRCALL_API_ID")]
-    pub api_id: String,
-    /// Aircall API token. Prefer the environment variable: arguments show in `ps`.
-    #[arg(long, env = "AIRCALL_API_TOKEN", hide_env_values = true)]
-    pub api_token: SecretString,
 }
 
 #[derive(Debug, Args)]

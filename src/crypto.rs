@@ -12,13 +12,35 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::config::SecretKey;
 
 /// Version tag of the ciphertext format, so the format can change without ambiguity.
 const CIPHERTEXT_VERSION: &str = "v1";
 const NONCE_BYTES: usize = 12;
+
+/// The admin API's bearer token, kept as its SHA-256 digest: presented tokens are compared
+/// digest to digest in constant time, so neither their content nor their length leaks.
+pub struct AdminToken([u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([redacted])")
+    }
+}
+
+impl AdminToken {
+    pub fn new(token: &SecretString) -> Self {
+        Self(Sha256::digest(token.expose_secret().as_bytes()).into())
+    }
+
+    /// Whether `presented` is the admin token.
+    pub fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        subtle::ConstantTimeEq::ct_eq(&digest[..], &self.0[..]).into()
+    }
+}
 
 /// Keys derived from the configured secret key.
 pub struct Keys {

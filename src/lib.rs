@@ -9,6 +9,7 @@
 //! Everything lives in this library so the integration tests drive the real code; `main.rs` only
 //! parses the command line, loads the configuration and starts the chosen role.
 
+pub mod admin;
 pub mod aircall;
 pub mod app;
 pub mod cli;

@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use utoipa_actix_web::AppExt as _;
 
+use crate::admin::{self, Admin};
 use crate::intake::{self, Intake};
 use crate::queue::Broker;
 
@@ -40,6 +42,7 @@ pub fn start(
     listener: TcpListener,
     intake: Intake,
     readiness: Readiness,
+    admin: Admin,
     workers: usize,
     shutdown: Duration,
     cancel: CancellationToken,
@@ -52,10 +55,21 @@ pub fn start(
         .context("the HTTP socket has no address")?;
     let intake = web::Data::new(intake);
     let readiness = web::Data::new(readiness);
+    let openapi = web::Data::new(
+        serde_json::to_value(admin::openapi(admin.clone()))
+            .context("cannot render the OpenAPI document")?,
+    );
+    let routes_admin = admin.clone();
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(intake.clone())
             .app_data(readiness.clone())
+            .app_data(openapi.clone())
+            // Before the `/api` scope, whose every route needs the admin token.
+            .route("/api/openapi.json", web::get().to(admin::openapi_json))
+            .into_utoipa_app();
+        admin::mount(app, routes_admin.clone())
+            .into_app()
             .configure(intake::routes)
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
@@ -74,6 +88,7 @@ pub fn start(
         cancel.cancelled().await;
         handle.stop(true).await;
         let _ = running.await;
+        admin.wait_for_syncs().await;
     });
     Ok(HttpServerHandle { addr, stopped })
 }

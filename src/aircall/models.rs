@@ -15,7 +15,19 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// An Aircall call id (64-bit; webhook `data.id` is the same number).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct CallId(pub u64);
 
@@ -232,7 +244,7 @@ impl Call {
 }
 
 /// Call direction. Values Aircall may add later read as `Other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Inbound,

@@ -1,15 +1,23 @@
-//! Connecting an Aircall company: check the credentials, register the webhook, store the
-//! connection with its token encrypted and its webhook token fingerprinted. A failure half-way
-//! leaves nothing behind: no stored credentials, no orphan webhook on Aircall.
+//! A connection's life: connect an Aircall company, rotate its credentials, disconnect it.
+//!
+//! Each step checks with Aircall before it changes anything here, and undoes what it did on
+//! Aircall when it cannot finish here, so a failure half-way leaves things as they were: no
+//! stored credentials and no orphan webhook after a failed connect, the old credentials still
+//! in use after a refused rotation, nothing erased after a disconnect Aircall could not answer.
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 use url::Url;
 
-use super::{ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore};
-use crate::aircall::models::{HANDLED_EVENTS, WebhookSpec};
+use super::{
+    ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore, CredentialsReplaced,
+    OutcomeStore,
+};
+use crate::aircall::models::{HANDLED_EVENTS, Webhook, WebhookSpec};
 use crate::aircall::{AircallClient, AircallError};
 use crate::crypto::Keys;
+use crate::import::rules::PayingUsers;
+use crate::reconcile::StateStore;
 
 /// What connecting needs.
 pub struct ConnectRequest<'a> {
@@ -17,21 +25,23 @@ pub struct ConnectRequest<'a> {
     /// A client built with the new connection's credentials.
     pub client: &'a AircallClient,
     pub api_id: &'a str,
-    pub api_token: &'a secrecy::SecretString,
+    pub api_token: &'a SecretString,
+    /// The paying users; none leaves the connection `waiting_for_users`.
+    pub users: &'a PayingUsers,
     /// Where Aircall reaches this service.
     pub public_url: &'a Url,
     pub store: &'a ConnectionStore,
     pub keys: &'a Keys,
-    /// Status of the new connection (waiting for users until a paying-users list exists).
-    pub status: ConnectionStatus,
     pub now_ms: i64,
 }
 
-/// Why a connection could not be made.
+/// Why a connection could not be made, or its credentials not replaced.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("a connection with this id already exists")]
     AlreadyExists,
+    #[error("no connection with this id")]
+    UnknownConnection,
     #[error(
         "Aircall refused these credentials: check that the API ID and token are the ones shown \
          when the key was created, that the key was not revoked, and that an Aircall admin created it"
@@ -60,49 +70,33 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<ConnectionRecord, Co
         client,
         api_id,
         api_token,
+        users,
         public_url,
         store,
         keys,
-        status,
         now_ms,
     } = request;
     if store.get(&id).await.map_err(ConnectError::Store)?.is_some() {
         return Err(ConnectError::AlreadyExists);
     }
-    client.ping().await.map_err(|e| match e {
-        AircallError::InvalidCredentials { .. } => ConnectError::InvalidCredentials,
-        other => ConnectError::AircallUnavailable(other),
-    })?;
-    let spec = WebhookSpec {
-        custom_name: Some(format!("aircall-ingest {id}")),
-        url: Some(webhook_url(public_url, &id)),
-        events: HANDLED_EVENTS.iter().map(|e| e.to_string()).collect(),
-        active: None,
-    };
-    let webhook = client.create_webhook(&spec).await.map_err(|e| match e {
-        AircallError::InvalidCredentials { .. } => ConnectError::InvalidCredentials,
-        e if e.is_transient() => ConnectError::AircallUnavailable(e),
-        e => ConnectError::WebhookRefused(e),
-    })?;
-    let Some(token) = webhook.token.as_ref() else {
-        remove_webhook(client, &webhook.webhook_id).await;
-        return Err(ConnectError::WebhookRefused(AircallError::Malformed {
-            endpoint: "create_webhook",
-            reason: "the webhook came back without a token".into(),
-        }));
-    };
+    check_credentials(client).await?;
+    let (webhook, token) = register_webhook(client, public_url, &id).await?;
     let record = ConnectionRecord {
         api_token_sealed: keys.encrypt(api_token, id.as_str()),
         webhook_token_fingerprint: keys.fingerprint(token.expose_secret()),
         id,
         api_id: api_id.to_string(),
         webhook_id: webhook.webhook_id.clone(),
-        status,
+        status: if users.is_empty() {
+            ConnectionStatus::WaitingForUsers
+        } else {
+            ConnectionStatus::Active
+        },
         created_at_ms: now_ms,
     };
-    match store.create(&record).await {
+    match store.create(&record, users).await {
         Ok(true) => {
-            info!(connection = %record.id, webhook = %record.webhook_id, "connected an Aircall company");
+            info!(connection = %record.id, webhook = %record.webhook_id, paying_users = users.len(), "connected an Aircall company");
             Ok(record)
         }
         Ok(false) => {
@@ -116,13 +110,251 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<ConnectionRecord, Co
     }
 }
 
+/// What rotating credentials needs.
+pub struct RotateRequest<'a> {
+    pub id: &'a ConnectionId,
+    /// A client with the connection's current credentials (to remove a webhook the new ones
+    /// replaced), and one with the new credentials.
+    pub old_client: Option<&'a AircallClient>,
+    pub new_client: &'a AircallClient,
+    pub api_id: &'a str,
+    pub api_token: &'a SecretString,
+    pub public_url: &'a Url,
+    pub store: &'a ConnectionStore,
+    pub keys: &'a Keys,
+    pub now_ms: i64,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new credentials could not see the connection's webhook (they belong to another
+    /// Aircall company, or the webhook was deleted), so a new one was registered.
+    pub webhook_replaced: bool,
+    /// The connection was `invalid_credentials` and works again.
+    pub status_restored: bool,
+}
+
+/// Replaces a connection's credentials ("regenerate your API key"). The new pair is checked
+/// first; when the connection's webhook is not visible with it, a webhook is registered under
+/// it before anything is stored. A refused pair changes nothing.
+pub async fn rotate_credentials(request: RotateRequest<'_>) -> Result<Rotated, ConnectError> {
+    let RotateRequest {
+        id,
+        old_client,
+        new_client,
+        api_id,
+        api_token,
+        public_url,
+        store,
+        keys,
+        now_ms,
+    } = request;
+    let Some(current) = store.get(id).await.map_err(ConnectError::Store)? else {
+        return Err(ConnectError::UnknownConnection);
+    };
+    check_credentials(new_client).await?;
+    let replacement = match new_client.get_webhook(&current.webhook_id).await {
+        Ok(_) => None,
+        Err(AircallError::NotFound) => Some(register_webhook(new_client, public_url, id).await?),
+        Err(AircallError::InvalidCredentials { .. }) => {
+            return Err(ConnectError::InvalidCredentials);
+        }
+        Err(e) => return Err(ConnectError::AircallUnavailable(e)),
+    };
+    let webhook = replacement.as_ref().map(|(webhook, token)| {
+        (
+            webhook.webhook_id.as_str(),
+            keys.fingerprint(token.expose_secret()),
+        )
+    });
+    let sealed = keys.encrypt(api_token, id.as_str());
+    let replaced = store
+        .replace_credentials(
+            id,
+            api_id,
+            &sealed,
+            webhook.as_ref().map(|(w, fp)| (*w, fp)),
+            now_ms,
+        )
+        .await;
+    let undo = || async {
+        if let Some((webhook, _)) = &replacement {
+            remove_webhook(new_client, &webhook.webhook_id).await;
+        }
+    };
+    let status_restored = match replaced {
+        Ok(CredentialsReplaced::Replaced) => false,
+        Ok(CredentialsReplaced::StatusRestored) => true,
+        Ok(CredentialsReplaced::UnknownConnection) => {
+            undo().await;
+            return Err(ConnectError::UnknownConnection);
+        }
+        Err(e) => {
+            undo().await;
+            return Err(ConnectError::Store(e));
+        }
+    };
+    if replacement.is_some()
+        && let Some(old) = old_client
+    {
+        // The old webhook would post events whose token no longer matches.
+        remove_webhook(old, &current.webhook_id).await;
+    }
+    info!(connection = %id, webhook_replaced = replacement.is_some(), status_restored, "replaced the Aircall credentials");
+    Ok(Rotated {
+        webhook_replaced: replacement.is_some(),
+        status_restored,
+    })
+}
+
+/// What disconnecting needs.
+pub struct DisconnectRequest<'a> {
+    pub id: &'a ConnectionId,
+    /// A client with the connection's credentials; `None` when they cannot be decrypted.
+    pub client: Option<&'a AircallClient>,
+    /// Erase the connection even when Aircall cannot be reached to remove its webhook.
+    pub force: bool,
+    pub store: &'a ConnectionStore,
+    pub outcomes: &'a OutcomeStore,
+    pub state: &'a StateStore,
+}
+
+/// What became of the connection's webhook on Aircall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookRemoval {
+    Removed,
+    /// Aircall no longer had it.
+    AlreadyGone,
+    /// Aircall refuses the stored credentials (revoked): the webhook stays on Aircall until a
+    /// person removes it; its deliveries are answered 404 meanwhile.
+    CredentialsRefused,
+    /// Aircall could not be reached and the disconnect was forced.
+    Unreachable,
+    /// The stored credentials could not be decrypted.
+    CredentialsUnreadable,
+}
+
+impl WebhookRemoval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::AlreadyGone => "already_gone",
+            Self::CredentialsRefused => "credentials_refused",
+            Self::Unreachable => "unreachable",
+            Self::CredentialsUnreadable => "credentials_unreadable",
+        }
+    }
+}
+
+/// What a disconnect did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disconnected {
+    pub webhook: WebhookRemoval,
+    /// Decisions erased (skipped, pending, failed calls); imported calls keep their record.
+    pub decisions_erased: u64,
+}
+
+/// Why a connection could not be disconnected.
+#[derive(Debug, thiserror::Error)]
+pub enum DisconnectError {
+    #[error("no connection with this id")]
+    UnknownConnection,
+    #[error("Aircall could not be reached to remove the webhook; nothing was erased")]
+    AircallUnavailable(#[source] AircallError),
+    #[error("Redis failed")]
+    Store(#[source] redis::RedisError),
+}
+
+/// Disconnects: removes the webhook on Aircall, then erases the credentials, the paying users,
+/// the reconciliation state and the decisions about calls not imported. Imported calls keep
+/// their files and their record, so connecting the same id again never imports (or announces)
+/// them twice.
+pub async fn disconnect(request: DisconnectRequest<'_>) -> Result<Disconnected, DisconnectError> {
+    let DisconnectRequest {
+        id,
+        client,
+        force,
+        store,
+        outcomes,
+        state,
+    } = request;
+    let Some(current) = store.get(id).await.map_err(DisconnectError::Store)? else {
+        return Err(DisconnectError::UnknownConnection);
+    };
+    let webhook = match client {
+        None => WebhookRemoval::CredentialsUnreadable,
+        Some(client) => match client.delete_webhook(&current.webhook_id).await {
+            Ok(()) => WebhookRemoval::Removed,
+            Err(AircallError::NotFound) => WebhookRemoval::AlreadyGone,
+            Err(AircallError::InvalidCredentials { .. }) => WebhookRemoval::CredentialsRefused,
+            Err(e) if force => {
+                warn!(connection = %id, error = %e, "Aircall unreachable; disconnecting anyway, the webhook stays on Aircall");
+                WebhookRemoval::Unreachable
+            }
+            Err(e) => return Err(DisconnectError::AircallUnavailable(e)),
+        },
+    };
+    // The record first: from here on webhooks are answered 404, workers drop the connection's
+    // jobs and the reconciler skips it. Deleting the reconciliation state also deletes its lock,
+    // so a pass running now loses it and writes nothing more.
+    store.delete(id).await.map_err(DisconnectError::Store)?;
+    state.delete(id).await.map_err(DisconnectError::Store)?;
+    let decisions_erased = outcomes
+        .forget_undecided(id)
+        .await
+        .map_err(DisconnectError::Store)?;
+    info!(connection = %id, webhook = webhook.as_str(), decisions_erased, "disconnected an Aircall company");
+    Ok(Disconnected {
+        webhook,
+        decisions_erased,
+    })
+}
+
+/// `GET /v1/ping` with the credentials: 403 means they are wrong, revoked or not an admin's.
+async fn check_credentials(client: &AircallClient) -> Result<(), ConnectError> {
+    client.ping().await.map_err(|e| match e {
+        AircallError::InvalidCredentials { .. } => ConnectError::InvalidCredentials,
+        other => ConnectError::AircallUnavailable(other),
+    })
+}
+
+/// Registers the connection's webhook for exactly the handled events; returns it with its token.
+async fn register_webhook(
+    client: &AircallClient,
+    public_url: &Url,
+    id: &ConnectionId,
+) -> Result<(Webhook, SecretString), ConnectError> {
+    let spec = WebhookSpec {
+        custom_name: Some(format!("aircall-ingest {id}")),
+        url: Some(webhook_url(public_url, id)),
+        events: HANDLED_EVENTS.iter().map(|e| e.to_string()).collect(),
+        active: None,
+    };
+    let webhook = client.create_webhook(&spec).await.map_err(|e| match e {
+        AircallError::InvalidCredentials { .. } => ConnectError::InvalidCredentials,
+        e if e.is_transient() => ConnectError::AircallUnavailable(e),
+        e => ConnectError::WebhookRefused(e),
+    })?;
+    match webhook.token.clone() {
+        Some(token) => Ok((webhook, token)),
+        None => {
+            remove_webhook(client, &webhook.webhook_id).await;
+            Err(ConnectError::WebhookRefused(AircallError::Malformed {
+                endpoint: "create_webhook",
+                reason: "the webhook came back without a token".into(),
+            }))
+        }
+    }
+}
+
 /// Rolls back a webhook registration. A failure is logged: the orphan receives events for an
 /// unknown connection (answered 404) until someone removes it.
 async fn remove_webhook(client: &AircallClient, webhook_id: &str) {
     match client.delete_webhook(webhook_id).await {
         Ok(()) | Err(AircallError::NotFound) => {}
         Err(e) => {
-            warn!(error = %e, webhook = webhook_id, "cannot remove the webhook of a failed connection")
+            warn!(error = %e, webhook = webhook_id, "cannot remove a webhook this service registered")
         }
     }
 }

@@ -7,7 +7,7 @@
 //! Keys: `{prefix}:connection:{id}` (hash), `{prefix}:connection:{id}:users` (set of the paying
 //! users' normalised emails) and `{prefix}:connections` (set of ids).
 
-mod connect;
+mod lifecycle;
 pub mod outcomes;
 
 use std::collections::HashMap;
@@ -19,7 +19,10 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-pub use connect::{ConnectError, ConnectRequest, connect, webhook_url};
+pub use lifecycle::{
+    ConnectError, ConnectRequest, DisconnectError, DisconnectRequest, Disconnected, RotateRequest,
+    Rotated, connect, disconnect, rotate_credentials, webhook_url,
+};
 pub use outcomes::{Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, Recorded, StoredCall};
 
 use crate::import::rules::PayingUsers;
@@ -71,7 +74,7 @@ impl fmt::Display for ConnectionId {
 }
 
 /// Where a connection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
     /// Connected and importing.
@@ -85,7 +88,7 @@ pub enum ConnectionStatus {
 }
 
 impl ConnectionStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::WaitingForUsers => "waiting_for_users",
@@ -149,16 +152,49 @@ struct Cached {
     read_at: Instant,
 }
 
-/// Creates a connection's hash and indexes it, unless it exists. KEYS: hash, index set.
-/// ARGV: id, then field/value pairs. Returns 1 when created, 0 when the id was taken.
+/// Creates a connection's hash, its paying users and its index entry, unless it exists.
+/// KEYS: hash, index set, users set. ARGV: id, now (ms), the number of field/value pairs, the
+/// pairs, then the paying users' emails. Returns 1 when created, 0 when the id was taken.
 const CREATE_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-for i = 2, #ARGV, 2 do
+local pairs = tonumber(ARGV[3])
+for i = 4, 3 + 2 * pairs, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
+redis.call('DEL', KEYS[3])
+local first_email = 4 + 2 * pairs
+if #ARGV >= first_email then
+  for i = first_email, #ARGV do
+    redis.call('SADD', KEYS[3], ARGV[i])
+  end
+  redis.call('HSET', KEYS[1], 'users_changed_at_ms', ARGV[2], 'users_version', 1)
+end
 redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Replaces the credentials of an existing connection (and, when given, its webhook), and
+/// lifts an `invalid_credentials` status. KEYS: hash, users set. ARGV: api_id, sealed token,
+/// now (ms), webhook id ('' to keep), webhook fingerprint. Returns 0 for an unknown
+/// connection, 2 when the status was `invalid_credentials`, else 1.
+const ROTATE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'api_id', ARGV[1], 'api_token_sealed', ARGV[2], 'credentials_rotated_at_ms', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'webhook_id', ARGV[4], 'webhook_token_fingerprint', ARGV[5])
+end
+if redis.call('HGET', KEYS[1], 'status') == 'invalid_credentials' then
+  if redis.call('SCARD', KEYS[2]) > 0 then
+    redis.call('HSET', KEYS[1], 'status', 'active')
+  else
+    redis.call('HSET', KEYS[1], 'status', 'waiting_for_users')
+  end
+  return 2
+end
 return 1
 ";
 
@@ -222,8 +258,13 @@ impl ConnectionStore {
         format!("{}:connections", self.prefix)
     }
 
-    /// Stores a new connection; `false` when the id is already taken.
-    pub async fn create(&self, record: &ConnectionRecord) -> Result<bool, redis::RedisError> {
+    /// Stores a new connection with its paying users (none: it waits for them), in one step;
+    /// `false` when the id is already taken.
+    pub async fn create(
+        &self,
+        record: &ConnectionRecord,
+        users: &PayingUsers,
+    ) -> Result<bool, redis::RedisError> {
         let fields = [
             ("api_id", record.api_id.clone()),
             ("api_token_sealed", record.api_token_sealed.clone()),
@@ -237,9 +278,17 @@ impl ConnectionStore {
         ];
         let create = redis::Script::new(CREATE_LUA);
         let mut script = create.key(self.key(&record.id));
-        script.key(self.index_key()).arg(record.id.as_str());
+        script
+            .key(self.index_key())
+            .key(self.users_key(&record.id))
+            .arg(record.id.as_str())
+            .arg(record.created_at_ms)
+            .arg(fields.len());
         for (field, value) in &fields {
             script.arg(*field).arg(value);
+        }
+        for email in users.sorted() {
+            script.arg(email);
         }
         let created: i64 = script.invoke_async(&mut self.redis.clone()).await?;
         self.forget(&record.id);
@@ -322,6 +371,55 @@ impl ConnectionStore {
         }
         let done: i64 = script.invoke_async(&mut self.redis.clone()).await?;
         Ok(done == 1)
+    }
+
+    /// Replaces the API credentials of a connection, and its webhook when `webhook` is given
+    /// (`(id, token fingerprint)`); lifts an `invalid_credentials` status.
+    pub async fn replace_credentials(
+        &self,
+        id: &ConnectionId,
+        api_id: &str,
+        api_token_sealed: &str,
+        webhook: Option<(&str, &[u8; 32])>,
+        now_ms: i64,
+    ) -> Result<CredentialsReplaced, redis::RedisError> {
+        let (webhook_id, fingerprint) = webhook
+            .map(|(id, fp)| (id.to_string(), hex::encode(fp)))
+            .unwrap_or_default();
+        let done: i64 = redis::Script::new(ROTATE_LUA)
+            .key(self.key(id))
+            .key(self.users_key(id))
+            .arg(api_id)
+            .arg(api_token_sealed)
+            .arg(now_ms)
+            .arg(webhook_id)
+            .arg(fingerprint)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        self.forget(id);
+        Ok(match done {
+            0 => CredentialsReplaced::UnknownConnection,
+            2 => CredentialsReplaced::StatusRestored,
+            _ => CredentialsReplaced::Replaced,
+        })
+    }
+
+    /// The paying users' count, how many times they were set, and when they last changed.
+    pub async fn users_summary(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<UsersSummary, redis::RedisError> {
+        let (count, version, changed_at_ms): (u64, Option<i64>, Option<i64>) = redis::pipe()
+            .scard(self.users_key(id))
+            .hget(self.key(id), "users_version")
+            .hget(self.key(id), "users_changed_at_ms")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(UsersSummary {
+            count,
+            version: version.unwrap_or(0),
+            changed_at_ms,
+        })
     }
 
     /// How many times the paying users were set (0 if never): a counter, so no clock skew
@@ -430,6 +528,25 @@ impl ConnectionStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id.as_str());
     }
+}
+
+/// What [`ConnectionStore::replace_credentials`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialsReplaced {
+    Replaced,
+    /// Replaced, and the connection, marked `invalid_credentials`, works again.
+    StatusRestored,
+    UnknownConnection,
+}
+
+/// A connection's paying users, in figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsersSummary {
+    pub count: u64,
+    /// How many times the list was set (0: never).
+    pub version: i64,
+    /// When it last changed (Unix ms).
+    pub changed_at_ms: Option<i64>,
 }
 
 fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {

@@ -7,7 +7,8 @@
 //! - `{p}:calls:{c}` hash: call id → the JSON [`OutcomeRecord`];
 //! - `{p}:calls:{c}:all`, `…:outcome:{outcome}`, `…:reason:{reason}` sorted sets of call ids
 //!   scored by decision time (ms), for listing and counting;
-//! - `{p}:calls:{c}:pending` sorted set of pending call ids scored by when to look again.
+//! - `{p}:calls:{c}:pending` sorted set of pending call ids scored by when to look again;
+//! - `{p}:calls:{c}:reasons` set of the reason codes ever recorded (to count and erase them).
 //!
 //! One Lua script moves a call between the indexes, so they never disagree with the hash. An
 //! `imported` record is terminal: nothing overwrites it but another `imported` record.
@@ -22,7 +23,19 @@ use crate::aircall::{CallId, Direction};
 use crate::queue::Trigger;
 
 /// What became of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Imported,
@@ -200,6 +213,7 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[2])
 redis.call('ZADD', ARGV[1] .. 'outcome:' .. ARGV[4], ARGV[6], ARGV[2])
 if ARGV[5] ~= '' then
   redis.call('ZADD', ARGV[1] .. 'reason:' .. ARGV[5], ARGV[6], ARGV[2])
+  redis.call('SADD', ARGV[1] .. 'reasons', ARGV[5])
 end
 if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
@@ -207,6 +221,26 @@ else
   redis.call('ZREM', KEYS[3], ARGV[2])
 end
 return 1
+";
+
+/// Erases every record but `imported` ones, with their indexes. KEYS: the hash, the `all`
+/// index, the pending index. ARGV: index key prefix. Returns how many records went.
+const FORGET_UNDECIDED_LUA: &str = r"
+local erased = 0
+for _, outcome in ipairs({'skipped', 'pending', 'failed'}) do
+  local index = ARGV[1] .. 'outcome:' .. outcome
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    erased = erased + 1
+  end
+  redis.call('DEL', index)
+end
+for _, reason in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'reasons')) do
+  redis.call('DEL', ARGV[1] .. 'reason:' .. reason)
+end
+redis.call('DEL', ARGV[1] .. 'reasons', KEYS[3])
+return erased
 ";
 
 /// What [`OutcomeStore::record`] did.
@@ -337,20 +371,21 @@ impl OutcomeStore {
             .collect())
     }
 
-    /// Number of calls per outcome and per reason.
+    /// Number of calls per outcome (`outcome:{name}`) and per reason (`reason:{code}`); zero
+    /// counts are left out.
     pub async fn counts(
         &self,
         connection: &ConnectionId,
     ) -> Result<BTreeMap<String, u64>, redis::RedisError> {
+        let reasons: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.index(connection, "reasons"))
+            .query_async(&mut self.redis.clone())
+            .await?;
         let mut names: Vec<String> = Outcome::ALL
             .iter()
             .map(|o| format!("outcome:{}", o.as_str()))
             .collect();
-        names.extend(
-            crate::import::rules::SkipReason::ALL
-                .iter()
-                .map(|r| format!("reason:{}", r.as_str())),
-        );
+        names.extend(reasons.iter().map(|r| format!("reason:{r}")));
         let mut pipe = redis::pipe();
         for name in &names {
             pipe.cmd("ZCARD").arg(self.index(connection, name));
@@ -361,6 +396,39 @@ impl OutcomeStore {
             .zip(values)
             .filter(|(_, count)| *count > 0)
             .collect())
+    }
+
+    /// Pending calls and the earliest re-check among them (Unix ms).
+    pub async fn pending_summary(
+        &self,
+        connection: &ConnectionId,
+    ) -> Result<(u64, Option<i64>), redis::RedisError> {
+        let (count, first): (u64, Vec<(u64, i64)>) = redis::pipe()
+            .zcard(self.index(connection, "pending"))
+            .cmd("ZRANGE")
+            .arg(self.index(connection, "pending"))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((count, first.first().map(|(_, at)| *at)))
+    }
+
+    /// Erases the decisions about calls that were not imported (a disconnect); imported calls
+    /// keep their record, so their files are never imported or announced twice. Returns how
+    /// many records went.
+    pub async fn forget_undecided(
+        &self,
+        connection: &ConnectionId,
+    ) -> Result<u64, redis::RedisError> {
+        redis::Script::new(FORGET_UNDECIDED_LUA)
+            .key(self.base(connection))
+            .key(self.index(connection, "all"))
+            .key(self.index(connection, "pending"))
+            .arg(format!("{}:", self.base(connection)))
+            .invoke_async(&mut self.redis.clone())
+            .await
     }
 
     /// Calls pending whose re-check is due at `now_ms`, oldest due first.
@@ -477,6 +545,11 @@ impl OutcomeStore {
             items,
         })
     }
+}
+
+/// Whether `text` is a cursor [`OutcomeStore::list`] returned.
+pub fn is_cursor(text: &str) -> bool {
+    parse_cursor(text).is_some()
 }
 
 fn parse_cursor(text: &str) -> Option<(i64, u64)> {

@@ -14,10 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use bytes::BytesMut;
-use futures_util::StreamExt as _;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use tracing::{info, warn};
@@ -188,22 +185,16 @@ impl Intake {
     ) -> Result<Accepted, ApiError> {
         let budget = self.settings.answer_budget();
         let left = || budget.saturating_sub(started.elapsed());
-        let is_json = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::new(
+        crate::web::require_json(req).map_err(|_| {
+            ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the webhook as application/json",
-            ));
-        }
+            )
+        })?;
         let unknown = || ApiError::not_found("unknown_connection", "no connection has this id");
         let id = ConnectionId::parse(connection).map_err(|_| unknown())?;
-        let body = self.read_body(req, payload).await?;
+        let body = crate::web::read_body(req, payload, self.settings.max_body_bytes).await?;
         let fingerprint = match self.connections.webhook_fingerprint(&id, left() / 2).await {
             Ok(Some(fingerprint)) => fingerprint,
             Ok(None) => return Err(unknown()),
@@ -295,40 +286,6 @@ impl Intake {
     }
 
     /// The body, refused with 413 past the limit (by its announced length, or while reading).
-    async fn read_body(
-        &self,
-        req: &HttpRequest,
-        mut payload: web::Payload,
-    ) -> Result<BytesMut, ApiError> {
-        let limit = self.settings.max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is over {limit} bytes"),
-            )
-        };
-        let announced = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if announced.is_some_and(|n| n > limit) {
-            return Err(too_large());
-        }
-        let mut body = BytesMut::with_capacity(announced.unwrap_or(4096).min(limit));
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|_| {
-                ApiError::bad_request("incomplete_body", "the body could not be read to its end")
-            })?;
-            if body.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    }
-
     /// Whether this (connection, event, call) was stored moments ago. Fails open: when Redis
     /// cannot tell quickly, the webhook is handled (the worker is idempotent).
     async fn seen(&self, marker: &str) -> bool {

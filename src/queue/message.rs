@@ -16,7 +16,7 @@ pub enum Message {
 }
 
 /// What brought a call in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Webhook,
@@ -57,7 +57,7 @@ pub struct ImportJob {
 }
 
 /// The error a failed attempt ended with, as carried by a retried or dead-lettered job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobFailure {
     /// Stable code, e.g. `aircall_unavailable`, `download_failed`, `invalid_credentials`.
     pub code: String,

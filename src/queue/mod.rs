@@ -3,6 +3,7 @@
 //! jobs while RabbitMQ cannot confirm them (`spool.rs`).
 
 pub mod broker;
+pub mod dead_letters;
 pub mod message;
 pub mod spool;
 pub mod topology;

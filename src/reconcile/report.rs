@@ -9,7 +9,7 @@ use super::ReasonCounts;
 use crate::connections::ConnectionId;
 
 /// Which kind of pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunKind {
     /// The connection's first: the whole window, capped.
@@ -20,7 +20,7 @@ pub enum RunKind {
 }
 
 /// One pass over one connection.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub connection_id: String,
     pub kind: RunKind,
@@ -29,6 +29,7 @@ pub struct RunReport {
     /// Unix ms.
     pub ended_at_ms: i64,
     /// Ranges listed, `(from, to]` in Unix seconds of the calls' start.
+    #[schema(value_type = Vec<Vec<i64>>)]
     pub ranges: Vec<(i64, i64)>,
     /// Calls the listing returned.
     pub calls_seen: u64,
@@ -54,6 +55,7 @@ pub struct RunReport {
     pub error: Option<String>,
     /// Calls this pass queued, so no step queues one twice.
     #[serde(skip)]
+    #[schema(ignore)]
     pub queued_calls: std::collections::HashSet<u64>,
 }
 

@@ -144,11 +144,17 @@ impl StateStore {
             .collect())
     }
 
-    /// Forgets a connection's state (it was disconnected).
+    /// Forgets a connection's state (it was disconnected): watermark, reports and lock, so a
+    /// pass running now loses its lock and records nothing.
     pub async fn delete(&self, id: &ConnectionId) -> Result<(), redis::RedisError> {
         self.redis
             .clone()
-            .del::<_, ()>(&[self.key(id), self.reports_key(id)])
+            .del::<_, ()>(&[self.key(id), self.reports_key(id), self.lock_key(id)])
             .await
+    }
+
+    /// Whether a pass holds the connection's lock now.
+    pub async fn is_locked(&self, id: &ConnectionId) -> Result<bool, redis::RedisError> {
+        self.redis.clone().exists(self.lock_key(id)).await
     }
 }

@@ -243,16 +243,20 @@ async fn remove_traces(names: aircall_ingest::queue::QueueNames, prefix: String)
 }
 
 impl TestApp {
-    pub async fn spawn(settings: Settings) -> TestApp {
+    /// Starts the app on a port of its own, which is also its `public_url` (so webhooks the
+    /// admin API registers on the simulator reach it).
+    pub async fn spawn(mut settings: Settings) -> TestApp {
         if std::env::var_os("TEST_LOG").is_some() {
             aircall_ingest::telemetry::init(&settings.log);
         }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        settings.public_url =
+            Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
         let ctx = aircall_ingest::app::Context::new(settings).unwrap();
         // Connect first when the broker is reachable, so tests start from a declared topology.
         let _ = ctx.broker.connect().await;
         let cancel = CancellationToken::new();
         ctx.start_background(&cancel);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = ctx.serve(listener, &cancel).unwrap();
         TestApp {
             url: format!("http://{}", server.addr),
@@ -278,7 +282,13 @@ impl TestApp {
             status: ConnectionStatus::Active,
             created_at_ms: 0,
         };
-        assert!(self.ctx.connections.create(&record).await.unwrap());
+        assert!(
+            self.ctx
+                .connections
+                .create(&record, &Default::default())
+                .await
+                .unwrap()
+        );
     }
 
     pub async fn post(&self, connection: &str, body: &serde_json::Value) -> reqwest::Response {

@@ -685,7 +685,7 @@ async fn connecting_registers_the_webhook_and_an_ending_call_reaches_the_queue()
             public_url: &ctx.settings.public_url,
             store: &ctx.connections,
             keys: &ctx.keys,
-            status: aircall_ingest::connections::ConnectionStatus::WaitingForUsers,
+            users: &Default::default(),
             now_ms: 0,
         })
         .await
@@ -754,7 +754,7 @@ async fn connecting_with_bad_credentials_leaves_nothing_behind() {
             public_url: &app.ctx.settings.public_url,
             store: &app.ctx.connections,
             keys: &app.ctx.keys,
-            status: aircall_ingest::connections::ConnectionStatus::WaitingForUsers,
+            users: &Default::default(),
             now_ms: 0,
         })
         .await;

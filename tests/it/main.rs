@@ -2,6 +2,7 @@
 //! Each test uses its own Redis key prefix and its own simulator, so tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod client;
 mod config;
 mod disruptive;

@@ -104,7 +104,7 @@ impl Harness {
             public_url: &Url::parse(&app.url).unwrap(),
             store: &ctx.connections,
             keys: &ctx.keys,
-            status: ConnectionStatus::WaitingForUsers,
+            users: &Default::default(),
             now_ms: 0,
         })
         .await
@@ -783,7 +783,14 @@ async fn refused_credentials_mark_the_connection_and_park_the_job() {
         .keys
         .encrypt(&secrecy::SecretString::from("revoked"), CONNECTION);
     h.app.ctx.connections.delete(&id).await.unwrap();
-    assert!(h.app.ctx.connections.create(&record).await.unwrap());
+    assert!(
+        h.app
+            .ctx
+            .connections
+            .create(&record, &Default::default())
+            .await
+            .unwrap()
+    );
     let job = ImportJob::new(
         CONNECTION,
         CallId(5_000_000_001),

@@ -1,0 +1,328 @@
+//! The admin API under `/api`: what the platform's operators use to connect a customer's Aircall
+//! company, keep it healthy and answer "my calls are not being imported".
+//!
+//! JSON in and out; every request but `GET /api/openapi.json` needs `Authorization: Bearer
+//! <admin_token>`, compared in constant time. Refusals are `{"error":{"code","message"}}` with a
+//! stable code; request bodies are validated with messages that name the field. The OpenAPI
+//! document is collected from the handlers registered here ([`openapi`]), so the document and
+//! the routes cannot disagree.
+//!
+//! Handlers hold no logic of their own beyond validation and mapping: connecting, rotating and
+//! disconnecting live in [`crate::connections`], passes in [`crate::reconcile`], dead letters in
+//! [`crate::queue::dead_letters`]. Nothing here logs a credential.
+
+mod connections;
+mod dead_letters;
+mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::{AppExt as _, UtoipaApp};
+
+use crate::app::Context;
+use crate::connections::ConnectionId;
+use crate::crypto::AdminToken;
+use crate::queue::dead_letters::DeadLetters;
+use crate::reconcile::{Pass, Reconciler};
+use crate::web::{ApiError, ErrorBody};
+
+pub use views::*;
+
+/// Largest admin request body (a paying-users list of ~10,000 emails fits).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Most dead letters one request reads (and holds unacked while it runs).
+const DEAD_LETTER_SCAN: u32 = 10_000;
+
+/// What the admin API works with. Cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    pub ctx: Context,
+    pub reconciler: Reconciler,
+    pub dead_letters: DeadLetters,
+    token: Arc<AdminToken>,
+    /// Passes started from the API run here, and are cancelled with the server.
+    syncs: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Admin {
+    pub fn new(ctx: Context, cancel: CancellationToken) -> Self {
+        Self {
+            reconciler: ctx.reconciler(),
+            dead_letters: DeadLetters::new(ctx.broker.clone(), DEAD_LETTER_SCAN),
+            token: ctx.admin_token.clone(),
+            ctx,
+            syncs: TaskTracker::new(),
+            cancel,
+        }
+    }
+
+    /// Makes the connection due (so a reconciler picks it up even if this process stops) and
+    /// runs a pass now, in the background.
+    async fn start_sync(&self, id: &ConnectionId) -> Result<(), ApiError> {
+        self.reconciler
+            .state
+            .make_due(id)
+            .await
+            .map_err(redis_unavailable)?;
+        let (reconciler, cancel, id) = (self.reconciler.clone(), self.cancel.clone(), id.clone());
+        self.syncs.spawn(async move {
+            match reconciler.run_connection(&id, &cancel).await {
+                Ok(Pass::Ran(_)) => {}
+                Ok(Pass::Skipped(why)) => info!(connection = %id, why, "requested sync not run"),
+                Err(e) => warn!(connection = %id, error = %e, "requested sync failed"),
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits for the passes started here (they stop early once the server's token fired).
+    pub async fn wait_for_syncs(&self) {
+        self.syncs.close();
+        self.syncs.wait().await;
+    }
+}
+
+/// Adds the admin routes under `/api` to an app.
+pub fn mount<T>(app: UtoipaApp<T>, admin: Admin) -> UtoipaApp<T>
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+{
+    app.service(
+        utoipa_actix_web::scope("/api")
+            .app_data(web::Data::new(admin))
+            .app_data(
+                web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request("invalid_query", e.to_string()).into()
+                }),
+            )
+            .wrap(actix_web::middleware::from_fn(authorize))
+            .configure(connections::routes)
+            .configure(dead_letters::routes)
+            .default_service(web::to(crate::web::not_found)),
+    )
+}
+
+/// The OpenAPI document of the admin API, collected from the registered handlers.
+pub fn openapi(admin: Admin) -> utoipa::openapi::OpenApi {
+    let app = actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi());
+    let (_, mut api) = mount(app, admin).split_for_parts();
+    StandardErrors.modify(&mut api);
+    api
+}
+
+/// Serves the OpenAPI document (no token needed: it describes, it does not reveal).
+pub async fn openapi_json(document: web::Data<serde_json::Value>) -> HttpResponse {
+    HttpResponse::Ok().json(document.get_ref())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "aircall-ingest admin API",
+        description = "Connect customers' Aircall companies, keep them healthy, and see why each call was or was not imported."
+    ),
+    modifiers(&BearerAuth),
+    security(("admin_token" = [])),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "connections", description = "Aircall companies connected to the platform"),
+        (name = "calls", description = "What became of each call, and why"),
+        (name = "dead letters", description = "Jobs that used up their attempts"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The `admin_token` setting."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Adds to every operation the refusals any admin request may get, so the document lists every
+/// status the API can answer.
+struct StandardErrors;
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let standard = [
+            (
+                "400",
+                "The request is invalid; the message names the field.",
+            ),
+            ("401", "Missing or wrong admin token."),
+            ("413", "The body is over 1 MiB."),
+            ("415", "The body is not application/json."),
+            ("500", "An unexpected failure (logged with its cause)."),
+            (
+                "503",
+                "Redis or RabbitMQ is unavailable; retry after `Retry-After` seconds.",
+            ),
+        ];
+        let error = || {
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_body = operation.request_body.is_some();
+                for (status, description) in standard {
+                    if !has_body && (status == "413" || status == "415") {
+                        continue;
+                    }
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(description)
+                                    .content("application/json", error())
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
+    }
+}
+
+/// Lets a request through only with `Authorization: Bearer <admin_token>`.
+async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let admin = req.app_data::<web::Data<Admin>>().cloned();
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let refusal = match (admin, presented) {
+        (Some(admin), Some(token)) if admin.token.matches(token) => None,
+        (_, None) => Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send the admin token as `Authorization: Bearer <token>`",
+        )),
+        _ => Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the admin token is wrong",
+        )),
+    };
+    match refusal {
+        None => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+        Some(error) => {
+            let mut response = error.error_response();
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+            Ok(req.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+/// Reads a JSON body into `T`; a refusal names the field at fault.
+async fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    crate::web::require_json(req)?;
+    let body = crate::web::read_body(req, payload, MAX_BODY_BYTES).await?;
+    let mut deserializer = serde_json::Deserializer::from_slice(&body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." {
+            format!("the body is not valid: {inner}")
+        } else {
+            format!("`{path}`: {inner}")
+        };
+        ApiError::bad_request("invalid_request", message)
+    })?;
+    deserializer.end().map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("the body is not valid: {e}"))
+    })?;
+    Ok(value)
+}
+
+/// A connection id from the path: 404 for one that cannot exist.
+fn connection_id(text: &str) -> Result<ConnectionId, ApiError> {
+    ConnectionId::parse(text).map_err(|_| unknown_connection())
+}
+
+fn unknown_connection() -> ApiError {
+    ApiError::not_found("unknown_connection", "no connection has this id")
+}
+
+fn redis_unavailable(e: redis::RedisError) -> ApiError {
+    warn!(error = %e, "admin request: Redis failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "redis_unavailable",
+        "Redis is unavailable; nothing was changed",
+    )
+    .retry_after(5)
+}
+
+fn rabbitmq_unavailable(e: crate::queue::PublishError) -> ApiError {
+    warn!(error = %e, "admin request: RabbitMQ failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rabbitmq_unavailable",
+        "RabbitMQ is unavailable; try again shortly",
+    )
+    .retry_after(5)
+}
+
+/// How long a request may wait for RabbitMQ to confirm a replayed job.
+fn confirm_timeout(admin: &Admin) -> Duration {
+    admin.ctx.settings.queue.connect_timeout()
+}

@@ -1,0 +1,370 @@
+//! The dead-letter queue, for people: jobs that used up their attempts (or that RabbitMQ gave up
+//! redelivering), listed with their errors, and replayed into the import queue once what broke
+//! is fixed.
+//!
+//! RabbitMQ cannot show a message without delivering it, so both operations read the queue on a
+//! channel of their own with `basic.get` and manual acks. Listing takes nothing: every message
+//! read is given back (nacked with requeue) before the channel closes. Replaying publishes a
+//! job to the import queue with a confirm **before** acking its dead letter, so a crash in
+//! between leaves a duplicate (which the worker's idempotence absorbs), never a loss. What is
+//! held unacked is bounded by `max_scan`; a closed channel gives everything back by itself.
+
+use lapin::Channel;
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde::Serialize;
+
+use super::{Broker, JobFailure, Message, PublishError, Trigger};
+use crate::aircall::CallId;
+
+/// One message of the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// The job id (the AMQP `message_id`); what a replay of one names.
+    pub job_id: Option<String>,
+    pub connection_id: Option<String>,
+    pub call_id: Option<CallId>,
+    pub trigger: Option<Trigger>,
+    /// Failed attempts recorded in the job.
+    pub attempts: u32,
+    /// Why it is here: the job's last error, or what RabbitMQ recorded.
+    pub failure: JobFailure,
+    /// Whether the body is a job this service can replay.
+    pub replayable: bool,
+}
+
+/// A page of dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetter>,
+    /// Messages in the dead-letter queue.
+    pub total: u32,
+    /// Messages read to fill the page (at most `max_scan`).
+    pub scanned: u32,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// The job with this id.
+    One(String),
+    /// Every replayable one, of one connection or of all, optionally only with this failure code.
+    All {
+        connection_id: Option<String>,
+        failure_code: Option<String>,
+    },
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    /// Jobs published back to the import queue (and removed from the dead letters).
+    pub replayed: u32,
+    /// Selected messages left in place because no version of this service can read them.
+    pub unreadable: u32,
+    /// Messages still in the dead-letter queue afterwards (more than one call can scan, or not
+    /// selected).
+    pub remaining: u32,
+}
+
+/// The dead-letter queue of a broker.
+#[derive(Clone, Debug)]
+pub struct DeadLetters {
+    broker: Broker,
+    /// At most this many messages are held unacked by one call.
+    max_scan: u32,
+}
+
+impl DeadLetters {
+    pub fn new(broker: Broker, max_scan: u32) -> Self {
+        Self {
+            broker,
+            max_scan: max_scan.max(1),
+        }
+    }
+
+    /// Up to `limit` dead letters, oldest first, of `connection_id` when given.
+    pub async fn list(
+        &self,
+        connection_id: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, PublishError> {
+        let mut reader = Reader::open(&self.broker).await?;
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        while items.len() < limit && scanned < self.max_scan.min(reader.total) {
+            let Some(message) = reader.next().await? else {
+                break;
+            };
+            scanned += 1;
+            let letter = describe(&message);
+            reader.hold(message);
+            if connection_id.is_none_or(|c| letter.connection_id.as_deref() == Some(c)) {
+                items.push(letter);
+            }
+        }
+        let total = reader.total;
+        reader.give_back().await;
+        Ok(DeadLetterPage {
+            items,
+            total,
+            scanned,
+        })
+    }
+
+    /// Publishes the selected jobs back to the import queue, each as a fresh job (no attempts,
+    /// no failure), then removes them from the dead letters. `Ok` with `replayed: 0` for
+    /// [`Selection::One`] means no such job was found.
+    pub async fn replay(
+        &self,
+        selection: &Selection,
+        deadline: std::time::Duration,
+    ) -> Result<Replayed, PublishError> {
+        let mut reader = Reader::open(&self.broker).await?;
+        let mut done = Replayed::default();
+        let mut scanned = 0;
+        let result = async {
+            while scanned < self.max_scan.min(reader.total) {
+                let Some(message) = reader.next().await? else {
+                    break;
+                };
+                scanned += 1;
+                let letter = describe(&message);
+                let selected = match selection {
+                    Selection::One(id) => letter.job_id.as_deref() == Some(id.as_str()),
+                    Selection::All {
+                        connection_id,
+                        failure_code,
+                    } => {
+                        connection_id
+                            .as_deref()
+                            .is_none_or(|c| letter.connection_id.as_deref() == Some(c))
+                            && failure_code
+                                .as_deref()
+                                .is_none_or(|code| letter.failure.code == code)
+                    }
+                };
+                let job = match Message::decode(&message.delivery.data) {
+                    Ok(Message::ImportCall(job)) if selected => job,
+                    decoded => {
+                        if selected && decoded.is_err() {
+                            done.unreadable += 1;
+                        }
+                        reader.hold(message);
+                        continue;
+                    }
+                };
+                let mut job = job;
+                job.attempt = 0;
+                job.failure = None;
+                let published = self
+                    .broker
+                    .publish(&Message::ImportCall(job), deadline)
+                    .await;
+                if let Err(e) = published {
+                    reader.hold(message);
+                    return Err(e);
+                }
+                message.delivery.ack(BasicAckOptions::default()).await?;
+                done.replayed += 1;
+                if matches!(selection, Selection::One(_)) {
+                    break;
+                }
+            }
+            Ok::<_, PublishError>(())
+        }
+        .await;
+        done.remaining = reader.total.saturating_sub(done.replayed);
+        reader.give_back().await;
+        result.map(|()| done)
+    }
+}
+
+/// A channel reading the dead-letter queue. What it reads and does not ack is held until
+/// [`Reader::give_back`].
+struct Reader {
+    channel: Channel,
+    queue: String,
+    total: u32,
+    /// The latest message held (delivery tags grow, so nacking it with `multiple` gives back
+    /// every message held).
+    last_held: Option<BasicGetMessage>,
+}
+
+impl Reader {
+    async fn open(broker: &Broker) -> Result<Self, PublishError> {
+        let channel = broker.channel().await?;
+        let queue = broker.names().dead.clone();
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let total = match declared {
+            Ok(queue) => queue.message_count(),
+            Err(e) => {
+                let _ = channel.close(200, "done".into()).await;
+                return Err(e.into());
+            }
+        };
+        Ok(Self {
+            channel,
+            queue,
+            total,
+            last_held: None,
+        })
+    }
+
+    /// The next message, unacked: the caller acks it or [`Reader::hold`]s it.
+    async fn next(&mut self) -> Result<Option<BasicGetMessage>, PublishError> {
+        Ok(self
+            .channel
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?)
+    }
+
+    /// Keeps `message` in the queue (given back at the end).
+    fn hold(&mut self, message: BasicGetMessage) {
+        self.last_held = Some(message);
+    }
+
+    /// Gives every message still held back to the queue, then closes the channel (which would
+    /// give them back too).
+    async fn give_back(self) {
+        if let Some(last) = &self.last_held {
+            let _ = last
+                .delivery
+                .nack(BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                })
+                .await;
+        }
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+/// What a person needs to know about a dead letter, from its body and its headers.
+fn describe(message: &BasicGetMessage) -> DeadLetter {
+    let delivery = &message.delivery;
+    let headers = delivery.properties.headers().as_ref();
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_string());
+    match Message::decode(&delivery.data) {
+        Ok(Message::ImportCall(job)) => {
+            let failure = job
+                .failure
+                .clone()
+                .unwrap_or_else(|| broker_failure(headers));
+            DeadLetter {
+                job_id: Some(job.job_id),
+                connection_id: Some(job.connection_id),
+                call_id: Some(job.call_id),
+                trigger: Some(job.trigger),
+                attempts: job.attempt,
+                failure,
+                replayable: true,
+            }
+        }
+        Err(e) => DeadLetter {
+            job_id: message_id,
+            connection_id: None,
+            call_id: None,
+            trigger: None,
+            attempts: 0,
+            failure: JobFailure {
+                code: "unreadable".into(),
+                message: format!("the message is not a job this version can read: {e}"),
+                at_ms: death_time_ms(headers).unwrap_or(0),
+            },
+            replayable: false,
+        },
+    }
+}
+
+/// The failure of a job RabbitMQ dead-lettered by itself (it carries no error of ours): the
+/// import queue's delivery limit, hit by a job whose worker died or gave it back every time.
+fn broker_failure(headers: Option<&FieldTable>) -> JobFailure {
+    let reason = header_text(headers, "x-first-death-reason");
+    let (code, message) = match reason.as_deref() {
+        Some("delivery_limit") => (
+            "delivery_limit",
+            "RabbitMQ delivered the job the maximum number of times without any worker settling it (each worker stopped or crashed during it)".to_string(),
+        ),
+        Some(other) => (
+            "dead_lettered",
+            format!("RabbitMQ dead-lettered the job ({other})"),
+        ),
+        None => (
+            "dead_lettered",
+            "dead-lettered without a recorded reason".to_string(),
+        ),
+    };
+    JobFailure {
+        code: code.into(),
+        message,
+        at_ms: death_time_ms(headers).unwrap_or(0),
+    }
+}
+
+fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// When RabbitMQ first dead-lettered the message (`x-death[0].time`, Unix seconds).
+fn death_time_ms(headers: Option<&FieldTable>) -> Option<i64> {
+    let deaths = headers?.inner().get("x-death")?.as_array()?;
+    let first = deaths.as_slice().first()?.as_field_table()?;
+    let time = first.inner().get("time")?.as_timestamp()?;
+    i64::try_from(time).ok().map(|s| s * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString, ShortString};
+
+    fn headers(reason: &str, time: u64) -> FieldTable {
+        let mut death = FieldTable::default();
+        death.insert(
+            ShortString::from("reason"),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        death.insert(ShortString::from("time"), AMQPValue::Timestamp(time));
+        let mut table = FieldTable::default();
+        table.insert(
+            ShortString::from("x-first-death-reason"),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        table.insert(
+            ShortString::from("x-death"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        table
+    }
+
+    #[test]
+    fn a_job_rabbitmq_gave_up_on_says_why() {
+        let failure = broker_failure(Some(&headers("delivery_limit", 1_700_000_000)));
+        assert_eq!(failure.code, "delivery_limit");
+        assert_eq!(failure.at_ms, 1_700_000_000_000);
+        assert!(failure.message.contains("maximum number of times"));
+        assert_eq!(broker_failure(None).code, "dead_lettered");
+    }
+}
