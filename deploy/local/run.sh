@@ -5,9 +5,9 @@
 #   deploy/local/run.sh           run until Ctrl-C
 #   deploy/local/run.sh --once    show what there is to see, then stop (used to check the demo)
 #
-# What runs: `all` (webhook intake, the import worker and the reconciler in one process), the
-# `connect` and `users` commands (the demo company's webhook registered on the simulator, its
-# paying agents set) and the `probe` and `status` tools. Recordings and metadata land under
+# What runs: `all` (webhook intake, admin API, the import worker and the reconciler in one
+# process); the demo company is connected through the admin API (its webhook registered on the
+# simulator, its paying agents set), then the `probe` and `status` tools. Recordings and metadata land under
 # ./data/demo. Logs go to .local/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,23 +80,35 @@ grep -v '^{' .local/simulator.log | sed 's/^/[demo]   /'
 start all "serving webhooks" .local/serve.log "$bin" all --listen "$SERVE_ADDR"
 echo "[demo] webhooks answered at http://$SERVE_ADDR/webhooks/aircall/{connection}; the worker imports"
 
-export AIRCALL_API_ID=demo-api-id AIRCALL_API_TOKEN=demo-api-token
+api="http://$SERVE_ADDR/api"
+# Development mode's admin token (set AIRCALL_INGEST_ADMIN_TOKEN for any other).
+token=${AIRCALL_INGEST_ADMIN_TOKEN:-dev-admin-token-not-for-production}
+# admin METHOD PATH [BODY]: the admin API, as an operator would call it.
+admin() {
+  curl -sS -X "$1" "$api$2" -H "Authorization: Bearer $token" -H 'content-type: application/json' ${3:+-d "$3"}
+}
+# json EXPRESSION: evaluates a Python expression on the JSON read from stdin (bound to `d`).
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
 echo "[demo] checking the demo company's credentials and its last 14 days:"
-"$bin" probe --days 14 2>>.local/probe.log | sed 's/^/[demo]   /'
-echo "[demo] connecting it (webhook registered on the simulated Aircall):"
-"$bin" connect --id demo 2>>.local/connect.log | sed 's/^/[demo]   /'
+AIRCALL_API_ID=demo-api-id AIRCALL_API_TOKEN=demo-api-token \
+  "$bin" probe --days 14 2>>.local/probe.log | sed 's/^/[demo]   /'
 # The simulator prints the agents the scenario made paying users of the platform.
 paying=$(sed -n 's/.*paying agents: //p' .local/simulator.log | head -n 1)
-echo "[demo] paying users of the demo account: $paying"
-"$bin" users --id demo --email "$paying" 2>>.local/users.log | sed 's/^/[demo]   /'
 agent=${paying%%,*}
+echo "[demo] connecting it through the admin API, with its paying users ($paying):"
+users=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1].split(",")))' "$paying")
+admin POST /connections "{\"id\":\"demo\",\"api_id\":\"demo-api-id\",\"api_token\":\"demo-api-token\",\"users\":$users}" \
+  | json '"connection {0[id]}: {0[status]}, webhook at {0[webhook][url]}; first import {1}".format(d["connection"], d["first_import"])' \
+  | sed 's/^/[demo]   /'
 
-echo "[demo] the reconciler runs the first import: the last 14 days, at most the 200 most recent eligible calls…"
+echo "[demo] the first import: the last 14 days, at most the 200 most recent eligible calls…"
 for _ in $(seq 1 150); do
-  "$bin" status 2>/dev/null | grep -q 'last sync: FirstImport' && break
+  admin GET /connections/demo | json 'd["sync"]["last_report"] is not None and not d["sync"]["running"]' | grep -q True && break
   sleep 0.2
 done
-"$bin" status 2>/dev/null | grep 'last sync' | sed 's/^ */[demo]   /'
+admin GET /connections/demo | json '"{r[calls_seen]} calls listed, {r[queued]} queued, skipped: {r[skipped]}, {r[aircall_requests]} Aircall requests".format(r=d["sync"]["last_report"])' \
+  | sed 's/^/[demo]   /'
 
 echo "[demo] four calls end now; Aircall posts call.ended about 5 s later:"
 echo "[demo]   two by $agent with recordings, one by an agent who does not pay, one unanswered"
@@ -111,20 +123,25 @@ ids=(
   "$(sim_call '{"agent_email":"someone.else@demo.example","recording_bytes":64000}')"
   "$(sim_call "{\"agent_email\":\"$agent\",\"answered\":false,\"recording_bytes\":null}")"
 )
-# Wait until the worker has decided all four (status lists the latest decisions).
+# decided ID: the call's outcome and why, once decided (the per-call answer of the admin API).
+decided() {
+  admin GET "/connections/demo/calls?limit=500" \
+    | json "next(('call {0[call_id]}: {0[outcome]}{1} — {0[explanation]}'.format(c, ' (' + c['reason'] + ')' if c.get('reason') else '') for c in d['items'] if c['call_id'] == $1 and c['outcome'] != 'pending'), '')"
+}
 for _ in $(seq 1 100); do
-  decided=0
-  listing=$("$bin" status 2>/dev/null)
-  for id in "${ids[@]}"; do grep -q "^  call $id " <<<"$listing" && decided=$((decided + 1)); done
-  [ "$decided" -ge 4 ] && break
+  done_count=0
+  for id in "${ids[@]}"; do [ -n "$(decided "$id")" ] && done_count=$((done_count + 1)); done
+  [ "$done_count" -ge 4 ] && break
   sleep 0.3
 done
-echo "[demo] the four calls:"
+echo "[demo] the four calls (GET /api/connections/demo/calls):"
 for id in "${ids[@]}"; do
-  "$bin" status 2>/dev/null | grep "^  call $id " | sed 's/^ */[demo]   /'
+  decided "$id" | sed 's/^/[demo]   /'
   find data/demo -name "$id.*" | sort | sed 's/^/[demo]     stored: /'
 done
 echo "[demo] stored under ./data/demo: $(find data/demo -name '*.mp3' | wc -l) recordings, $(du -sh data/demo | cut -f1)"
+echo "[demo] the connection (GET /api/connections/demo):"
+admin GET /connections/demo | json '"{0[status]}: {0[calls]}, {0[pending][count]} pending".format(d)' | sed 's/^/[demo]   /'
 echo "[demo] status:"
 "$bin" status 2>>.local/status.log | sed 's/^/[demo]   /'
 
@@ -132,6 +149,8 @@ if [ "$once" -eq 1 ]; then
   exit 0
 fi
 echo "[demo] running (a live call every ~30 s); try:"
+echo "[demo]   curl -H 'Authorization: Bearer $token' $api/connections/demo/calls"
+echo "[demo]   curl $api/openapi.json"
 echo "[demo]   curl -X POST http://$SIM_ADDR/_sim/companies/1/calls -H 'content-type: application/json' -d '{}'"
 echo "[demo]   AIRCALL_INGEST_MODE=development AIRCALL_INGEST_QUEUE__PREFIX=$PREFIX AIRCALL_INGEST_REDIS_KEY_PREFIX=$PREFIX $bin status"
 echo "[demo]   ls -R data/demo"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: RabbitMQ and Redis first (started, or installed
 # and started), moto (an S3 server the storage tests start) installed when missing, then every
-# test against them and the bundled Aircall simulator.
+# test against them and the bundled Aircall simulator, then schemathesis against the admin API
+# (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,3 +17,5 @@ fi
 cargo test --locked "$@"
 # Then, alone, the tests that stop the real RabbitMQ (they would disturb the others).
 cargo test --locked --test it -- --ignored --test-threads=1
+# Finally the admin API against its own OpenAPI document: no 5xx, every answer as documented.
+deploy/local/schemathesis.sh 50

@@ -112,7 +112,7 @@ async fn list(
     admin: web::Data<Admin>,
     query: web::Query<ConnectionsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let limit = super::page_size(query.limit, 100, 500)?;
     let mut ids = admin
         .ctx
         .connections
@@ -120,6 +120,14 @@ async fn list(
         .await
         .map_err(redis_unavailable)?;
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    if let Some(cursor) = &query.cursor
+        && ConnectionId::parse(cursor).is_err()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`cursor`: pass the `next_cursor` of the previous page",
+        ));
+    }
     let after = query.cursor.as_deref().unwrap_or("");
     let page: Vec<ConnectionId> = ids
         .into_iter()
@@ -388,7 +396,7 @@ async fn calls(
                 outcome: query.outcome,
                 reason: query.reason,
                 since_ms,
-                limit: query.limit.unwrap_or(50).clamp(1, 500),
+                limit: super::page_size(query.limit, 50, 500)?,
                 cursor: query.cursor,
             },
         )

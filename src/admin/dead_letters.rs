@@ -26,7 +26,7 @@ async fn list(
     admin: web::Data<Admin>,
     query: web::Query<DeadLettersQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_size(query.limit, 100, 1000)?;
     let page = admin
         .dead_letters
         .list(query.connection_id.as_deref(), limit)
@@ -54,23 +54,27 @@ async fn replay(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: ReplayBody = json_body(&req, payload).await?;
-    let selection = match (body.job_id, body.all) {
-        (Some(job_id), None | Some(false))
-            if body.connection_id.is_none() && body.failure_code.is_none() =>
-        {
-            Selection::One(job_id)
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_request",
+            "give either `{\"job_id\": …}`, or `{\"all\": true}` (with `connection_id` and `failure_code` to narrow it)",
+        )
+    };
+    // An untagged enum's own error says only "no variant matched": say what is expected.
+    let body: ReplayBody = json_body(&req, payload).await.map_err(|e| {
+        if e.code == "invalid_request" {
+            invalid()
+        } else {
+            e
         }
-        (None, Some(true)) => Selection::All {
-            connection_id: body.connection_id,
-            failure_code: body.failure_code,
+    })?;
+    let selection = match body {
+        ReplayBody::One(one) if !one.job_id.is_empty() => Selection::One(one.job_id),
+        ReplayBody::All(all) if all.all => Selection::All {
+            connection_id: all.connection_id,
+            failure_code: all.failure_code,
         },
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "give either `job_id`, or `all: true` (with `connection_id` and `failure_code` to narrow it)",
-            ));
-        }
+        _ => return Err(invalid()),
     };
     let done = admin
         .dead_letters

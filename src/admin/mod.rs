@@ -114,8 +114,58 @@ where
             .wrap(actix_web::middleware::from_fn(authorize))
             .configure(connections::routes)
             .configure(dead_letters::routes)
-            .default_service(web::to(crate::web::not_found)),
+            .default_service(web::to(fallback)),
     )
+}
+
+/// What `/api` answers when no route matched: 405 with `Allow` for a documented path asked
+/// with another method, else 404.
+async fn fallback(
+    req: HttpRequest,
+    document: Option<web::Data<serde_json::Value>>,
+) -> HttpResponse {
+    let allowed = document.and_then(|d| allowed_methods(&d, req.path()));
+    match allowed {
+        Some(methods) => {
+            let mut response = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} takes {}", req.path(), methods.join(", ")),
+            )
+            .error_response();
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&methods.join(", ")) {
+                response
+                    .headers_mut()
+                    .insert(actix_web::http::header::ALLOW, value);
+            }
+            response
+        }
+        None => crate::web::not_found().await,
+    }
+}
+
+/// The methods the OpenAPI document lists for the path template `path` matches.
+fn allowed_methods(document: &serde_json::Value, path: &str) -> Option<Vec<String>> {
+    let asked: Vec<&str> = path.split('/').collect();
+    document["paths"]
+        .as_object()?
+        .iter()
+        .find_map(|(template, item)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            let matches = parts.len() == asked.len()
+                && parts
+                    .iter()
+                    .zip(&asked)
+                    .all(|(p, a)| (p.starts_with('{') && !a.is_empty()) || p == a);
+            matches.then(|| {
+                item.as_object()
+                    .into_iter()
+                    .flat_map(|methods| methods.keys())
+                    .filter(|m| ["get", "put", "post", "delete", "patch"].contains(&m.as_str()))
+                    .map(|m| m.to_uppercase())
+                    .collect()
+            })
+        })
 }
 
 /// The OpenAPI document of the admin API, collected from the registered handlers.
@@ -293,6 +343,18 @@ async fn json_body<T: DeserializeOwned>(
     Ok(value)
 }
 
+/// A `limit` query parameter: `default` when absent, 400 outside `1..=max`.
+fn page_size(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`limit`: from 1 to {max}"),
+        )),
+    }
+}
+
 /// A connection id from the path: 404 for one that cannot exist.
 fn connection_id(text: &str) -> Result<ConnectionId, ApiError> {
     ConnectionId::parse(text).map_err(|_| unknown_connection())
@@ -325,4 +387,68 @@ fn rabbitmq_unavailable(e: crate::queue::PublishError) -> ApiError {
 /// How long a request may wait for RabbitMQ to confirm a replayed job.
 fn confirm_timeout(admin: &Admin) -> Duration {
     admin.ctx.settings.queue.connect_timeout()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Mode, Settings};
+
+    fn document() -> serde_json::Value {
+        let settings = Settings {
+            mode: Mode::Development,
+            ..Settings::default()
+        };
+        let ctx = Context::new(settings).unwrap();
+        serde_json::to_value(openapi(Admin::new(ctx, CancellationToken::new()))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_document_lists_every_operation_once_with_its_refusals() {
+        let document = document();
+        let mut ids = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            assert!(path.starts_with("/api/"), "{path}");
+            for (method, operation) in item.as_object().unwrap() {
+                ids.push(operation["operationId"].as_str().unwrap().to_string());
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["400", "401", "500", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+                let has_body = operation.get("requestBody").is_some();
+                assert_eq!(responses.contains_key("413"), has_body, "{method} {path}");
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operation ids are unique");
+        assert_eq!(count, 11);
+        assert_eq!(
+            document["security"],
+            serde_json::json!([{ "admin_token": [] }])
+        );
+        assert_eq!(
+            document["components"]["securitySchemes"]["admin_token"]["scheme"],
+            "bearer"
+        );
+    }
+
+    #[tokio::test]
+    async fn known_paths_asked_with_another_method_are_told_which_methods_they_take() {
+        let document = document();
+        assert_eq!(
+            allowed_methods(&document, "/api/connections/acme/users"),
+            Some(vec!["GET".to_string(), "PUT".to_string()])
+        );
+        assert_eq!(
+            allowed_methods(&document, "/api/connections"),
+            Some(vec!["GET".to_string(), "POST".to_string()])
+        );
+        assert_eq!(
+            allowed_methods(&document, "/api/connections/acme/nope"),
+            None
+        );
+        assert_eq!(allowed_methods(&document, "/api/connections//users"), None);
+    }
 }

@@ -19,21 +19,33 @@ pub struct ConnectBody {
     #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "acme")]
     pub id: String,
     /// The API ID shown by Aircall when the key was generated.
+    #[schema(pattern = "^ *[!-9;-~]+ *$", max_length = 256)]
     pub api_id: String,
     /// The API token shown (once) by Aircall when the key was generated.
-    #[schema(format = Password)]
+    #[schema(format = Password, pattern = "^ *[!-~]+ *$", max_length = 1024)]
     pub api_token: String,
     /// The paying users' emails; without them the connection waits (`waiting_for_users`).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Email>>, max_items = 10000)]
     pub users: Option<Vec<String>>,
 }
+
+/// An email address (trimmed and lower-cased when stored).
+#[derive(ToSchema)]
+#[schema(
+    pattern = "^[^@\\s]+@[^@\\s.][^@\\s]*\\.[^@\\s]*[^@\\s.]$",
+    example = "ana@acme.com"
+)]
+#[allow(dead_code)]
+pub struct Email(String);
 
 /// `PUT /api/connections/{id}/credentials`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsBody {
+    #[schema(pattern = "^ *[!-9;-~]+ *$", max_length = 256)]
     pub api_id: String,
-    #[schema(format = Password)]
+    #[schema(format = Password, pattern = "^ *[!-~]+ *$", max_length = 1024)]
     pub api_token: String,
 }
 
@@ -42,6 +54,7 @@ pub struct CredentialsBody {
 #[serde(deny_unknown_fields)]
 pub struct UsersBody {
     /// Every paying user's email (the list replaces the previous one).
+    #[schema(value_type = Vec<Email>, max_items = 10000)]
     pub emails: Vec<String>,
 }
 
@@ -115,8 +128,10 @@ pub struct ConnectionPage {
 #[into_params(parameter_in = Query)]
 pub struct ConnectionsQuery {
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
     pub cursor: Option<String>,
 }
 
@@ -184,13 +199,19 @@ pub struct CallsQuery {
     /// Only calls with this outcome.
     pub outcome: Option<Outcome>,
     /// Only calls with this reason code (e.g. `user_not_matched`).
+    #[param(pattern = "^[a-z_]{1,64}$")]
     pub reason: Option<String>,
     /// Only decisions made at or after this time: RFC 3339 (`2026-11-28T09:00:00Z`) or a date
     /// (`2026-11-28`, from midnight UTC).
+    #[param(
+        pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))?$"
+    )]
     pub since: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,19}\\.[0-9]{1,20}$")]
     pub cursor: Option<String>,
 }
 
@@ -242,20 +263,51 @@ pub struct DeadLettersQuery {
     /// Only this connection's jobs.
     pub connection_id: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
-/// `POST /api/dead-letters/replay`: either `job_id`, or `all: true` (optionally narrowed).
+/// `POST /api/dead-letters/replay`: one job (`{"job_id"}`), or all of them (`{"all": true}`,
+/// narrowed by `connection_id` and `failure_code` when given).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReplayBody {
+    One(ReplayOne),
+    All(ReplayAll),
+}
+
+/// Replay this job only.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayBody {
-    /// Replay this job only.
-    pub job_id: Option<String>,
-    /// Replay every replayable job (of `connection_id`, with `failure_code`, when given).
-    pub all: Option<bool>,
+pub struct ReplayOne {
+    #[schema(min_length = 1)]
+    pub job_id: String,
+}
+
+/// Replay every replayable job, of one connection and with one failure code when given.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayAll {
+    /// Must be `true`.
+    #[schema(value_type = AllTrue)]
+    pub all: bool,
     pub connection_id: Option<String>,
     pub failure_code: Option<String>,
 }
+
+/// `true`, the only value `all` takes.
+pub struct AllTrue;
+
+impl utoipa::PartialSchema for AllTrue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Boolean)
+            .enum_values(Some([true]))
+            .into()
+    }
+}
+
+impl ToSchema for AllTrue {}
 
 /// Unix ms as RFC 3339 UTC.
 pub fn rfc3339(ms: i64) -> String {

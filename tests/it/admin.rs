@@ -291,6 +291,16 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token() {
         (status, body["error"]["code"].clone()),
         (404, json!("not_found"))
     );
+    // A documented path asked with another method: 405, and which methods it takes.
+    let response = t
+        .http
+        .patch(format!("{}/api/connections", t.app.url))
+        .bearer_auth(DEVELOPMENT_ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
     t.stop().await;
 }
 
