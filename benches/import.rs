@@ -265,6 +265,8 @@ impl Service {
             api_token: &api_token,
             public_url: &ctx.settings.public_url,
             store: &ctx.connections,
+            outcomes: &ctx.outcomes,
+            state: &ctx.reconciler().state,
             keys: &ctx.keys,
             users: &Default::default(),
             now_ms: now_ms(),

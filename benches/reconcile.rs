@@ -346,6 +346,8 @@ impl Service {
             api_token: &api_token,
             public_url: &self.public_url,
             store: &self.ctx.connections,
+            outcomes: &self.ctx.outcomes,
+            state: &self.ctx.reconciler().state,
             keys: &self.ctx.keys,
             users: &Default::default(),
             now_ms: now_ms(),

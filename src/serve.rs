@@ -66,7 +66,11 @@ pub fn start(
             .app_data(readiness.clone())
             .app_data(openapi.clone())
             // Before the `/api` scope, whose every route needs the admin token.
-            .route("/api/openapi.json", web::get().to(admin::openapi_json))
+            .service(
+                web::resource("/api/openapi.json")
+                    .route(web::get().to(admin::openapi_json))
+                    .default_service(web::to(admin::method_not_allowed_get)),
+            )
             .into_utoipa_app();
         admin::mount(app, routes_admin.clone())
             .into_app()

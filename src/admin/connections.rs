@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use secrecy::SecretString;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::views::*;
@@ -82,6 +83,8 @@ async fn create(
         users: &users,
         public_url: &admin.ctx.settings.public_url,
         store: &admin.ctx.connections,
+        outcomes: &admin.ctx.outcomes,
+        state: &admin.reconciler.state,
         keys: &admin.ctx.keys,
         now_ms: now_ms(),
     })
@@ -90,7 +93,7 @@ async fn create(
     let first_import = if users.is_empty() {
         "waiting_for_users"
     } else {
-        admin.start_sync(&id).await?;
+        admin.start_sync(&id).await;
         "started"
     };
     let connection = view(&admin, record).await?;
@@ -233,7 +236,7 @@ async fn rotate(
     }
     let record = existing(&admin, id.as_str()).await?;
     if record.status == ConnectionStatus::Active {
-        admin.start_sync(&id).await?;
+        admin.start_sync(&id).await;
     }
     Ok(HttpResponse::Ok().json(CredentialsRotated {
         connection: view(&admin, record).await?,
@@ -326,7 +329,7 @@ async fn put_users(
         return Err(unknown_connection());
     }
     if !users.is_empty() && current.status != ConnectionStatus::InvalidCredentials {
-        admin.start_sync(&current.id).await?;
+        admin.start_sync(&current.id).await;
     }
     Ok(HttpResponse::Ok().json(users_view(&admin, &current.id).await?))
 }
@@ -451,7 +454,7 @@ async fn sync(admin: web::Data<Admin>, id: web::Path<String>) -> Result<HttpResp
             "a reconciliation pass is running for this connection; its report will show on the connection",
         ));
     }
-    admin.start_sync(&current.id).await?;
+    admin.start_sync(&current.id).await;
     Ok(HttpResponse::Accepted().json(SyncStarted {
         id: current.id.to_string(),
         sync: "started".into(),
@@ -538,7 +541,9 @@ fn client(
             api_token,
         },
         id.as_str(),
-        admin.cancel.child_token(),
+        // Not the server's token: a connect or rotation under way at shutdown still undoes
+        // what it did on Aircall (each request is bounded by the client's timeouts anyway).
+        CancellationToken::new(),
     )
 }
 

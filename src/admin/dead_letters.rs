@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 
 use super::views::{DeadLettersQuery, ReplayBody};
-use super::{Admin, confirm_timeout, json_body, rabbitmq_unavailable};
+use super::{Admin, confirm_timeout, dead_letter_error, json_body};
 use crate::queue::dead_letters::{DeadLetterPage, Replayed, Selection};
 use crate::web::{ApiError, ErrorBody};
 
@@ -19,7 +19,10 @@ pub(super) fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
     operation_id = "list_dead_letters",
     tag = "dead letters",
     params(DeadLettersQuery),
-    responses((status = 200, description = "A page of dead letters.", body = DeadLetterPage))
+    responses(
+        (status = 200, description = "A page of dead letters.", body = DeadLetterPage),
+        (status = 409, description = "Another listing or replay is reading the queue (`dead_letters_busy`).", body = ErrorBody),
+    )
 )]
 #[get("/dead-letters")]
 async fn list(
@@ -31,7 +34,7 @@ async fn list(
         .dead_letters
         .list(query.connection_id.as_deref(), limit)
         .await
-        .map_err(rabbitmq_unavailable)?;
+        .map_err(dead_letter_error)?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -45,6 +48,7 @@ async fn list(
     responses(
         (status = 200, description = "Replayed.", body = Replayed),
         (status = 404, description = "No dead letter has this `job_id` (`dead_letter_not_found`).", body = ErrorBody),
+        (status = 409, description = "Another listing or replay is reading the queue (`dead_letters_busy`).", body = ErrorBody),
         (status = 422, description = "The dead letter cannot be read by this version (`dead_letter_unreadable`); it stays.", body = ErrorBody),
     )
 )]
@@ -80,7 +84,7 @@ async fn replay(
         .dead_letters
         .replay(&selection, confirm_timeout(&admin))
         .await
-        .map_err(rabbitmq_unavailable)?;
+        .map_err(dead_letter_error)?;
     if matches!(selection, Selection::One(_)) && done.replayed == 0 {
         return Err(if done.unreadable > 0 {
             ApiError::new(

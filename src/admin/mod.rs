@@ -36,7 +36,8 @@ use utoipa_actix_web::{AppExt as _, UtoipaApp};
 use crate::app::Context;
 use crate::connections::ConnectionId;
 use crate::crypto::AdminToken;
-use crate::queue::dead_letters::DeadLetters;
+use crate::import::lease::Leases;
+use crate::queue::dead_letters::{DeadLetterError, DeadLetters};
 use crate::reconcile::{Pass, Reconciler};
 use crate::web::{ApiError, ErrorBody};
 
@@ -64,7 +65,16 @@ impl Admin {
     pub fn new(ctx: Context, cancel: CancellationToken) -> Self {
         Self {
             reconciler: ctx.reconciler(),
-            dead_letters: DeadLetters::new(ctx.broker.clone(), DEAD_LETTER_SCAN),
+            dead_letters: DeadLetters::new(
+                ctx.broker.clone(),
+                Leases::new(
+                    ctx.redis.clone(),
+                    &ctx.settings.redis_key_prefix,
+                    Duration::from_secs(60),
+                ),
+                &ctx.settings.redis_key_prefix,
+                DEAD_LETTER_SCAN,
+            ),
             token: ctx.admin_token.clone(),
             ctx,
             syncs: TaskTracker::new(),
@@ -73,13 +83,12 @@ impl Admin {
     }
 
     /// Makes the connection due (so a reconciler picks it up even if this process stops) and
-    /// runs a pass now, in the background.
-    async fn start_sync(&self, id: &ConnectionId) -> Result<(), ApiError> {
-        self.reconciler
-            .state
-            .make_due(id)
-            .await
-            .map_err(redis_unavailable)?;
+    /// runs a pass now, in the background. Called after a change is stored, so it does not fail
+    /// the request: a pass that cannot start now runs at the connection's next due time.
+    async fn start_sync(&self, id: &ConnectionId) {
+        if let Err(e) = self.reconciler.state.make_due(id).await {
+            warn!(connection = %id, error = %e, "cannot mark the connection due");
+        }
         let (reconciler, cancel, id) = (self.reconciler.clone(), self.cancel.clone(), id.clone());
         self.syncs.spawn(async move {
             match reconciler.run_connection(&id, &cancel).await {
@@ -88,7 +97,6 @@ impl Admin {
                 Err(e) => warn!(connection = %id, error = %e, "requested sync failed"),
             }
         });
-        Ok(())
     }
 
     /// Waits for the passes started here (they stop early once the server's token fired).
@@ -176,6 +184,21 @@ pub fn openapi(admin: Admin) -> utoipa::openapi::OpenApi {
     let (_, mut api) = mount(app, admin).split_for_parts();
     StandardErrors.modify(&mut api);
     api
+}
+
+/// Answers a method other than GET on a GET-only resource.
+pub async fn method_not_allowed_get() -> HttpResponse {
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this resource takes GET",
+    )
+    .error_response();
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("GET"),
+    );
+    response
 }
 
 /// Serves the OpenAPI document (no token needed: it describes, it does not reveal).
@@ -369,19 +392,30 @@ fn redis_unavailable(e: redis::RedisError) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "redis_unavailable",
-        "Redis is unavailable; nothing was changed",
+        "Redis is unavailable; try again shortly (GET the resource first: a change may have been stored before the failure)",
     )
     .retry_after(5)
 }
 
-fn rabbitmq_unavailable(e: crate::queue::PublishError) -> ApiError {
-    warn!(error = %e, "admin request: RabbitMQ failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "rabbitmq_unavailable",
-        "RabbitMQ is unavailable; try again shortly",
-    )
-    .retry_after(5)
+fn dead_letter_error(e: DeadLetterError) -> ApiError {
+    match e {
+        DeadLetterError::Busy => ApiError::new(
+            StatusCode::CONFLICT,
+            "dead_letters_busy",
+            "another listing or replay is reading the dead-letter queue; try again in a moment",
+        )
+        .retry_after(5),
+        DeadLetterError::Redis(e) => redis_unavailable(e),
+        DeadLetterError::Broker(e) => {
+            warn!(error = %e, "admin request: RabbitMQ failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rabbitmq_unavailable",
+                "RabbitMQ is unavailable; try again shortly",
+            )
+            .retry_after(5)
+        }
+    }
 }
 
 /// How long a request may wait for RabbitMQ to confirm a replayed job.

@@ -163,8 +163,10 @@ pub struct DisconnectedView {
     /// `removed`, `already_gone`, `credentials_refused` (remove it in the Aircall dashboard),
     /// `unreachable` (forced), or `credentials_unreadable`.
     pub webhook: String,
-    /// Records of calls not imported, erased. Imported calls keep their files and record.
-    pub decisions_erased: u64,
+    /// Records of calls not imported, erased (imported calls keep their files and record).
+    /// `null` when Redis failed after the connection was removed: what is left is erased when
+    /// the id is connected again.
+    pub decisions_erased: Option<u64>,
 }
 
 /// `DELETE /api/connections/{id}` query.

@@ -31,6 +31,10 @@ pub struct ConnectRequest<'a> {
     /// Where Aircall reaches this service.
     pub public_url: &'a Url,
     pub store: &'a ConnectionStore,
+    /// What an earlier connection of the same id may have left (its decisions about calls not
+    /// imported, its reconciliation state) is cleared, so a connection starts afresh.
+    pub outcomes: &'a OutcomeStore,
+    pub state: &'a StateStore,
     pub keys: &'a Keys,
     pub now_ms: i64,
 }
@@ -73,6 +77,8 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<ConnectionRecord, Co
         users,
         public_url,
         store,
+        outcomes,
+        state,
         keys,
         now_ms,
     } = request;
@@ -80,6 +86,11 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<ConnectionRecord, Co
         return Err(ConnectError::AlreadyExists);
     }
     check_credentials(client).await?;
+    // The id is free: whatever an earlier connection of it left behind goes (a disconnect
+    // that could not finish erasing, a worker recording a decision just after it).
+    erase_state(state, outcomes, &id)
+        .await
+        .map_err(ConnectError::Store)?;
     let (webhook, token) = register_webhook(client, public_url, &id).await?;
     let record = ConnectionRecord {
         api_token_sealed: keys.encrypt(api_token, id.as_str()),
@@ -252,7 +263,9 @@ impl WebhookRemoval {
 pub struct Disconnected {
     pub webhook: WebhookRemoval,
     /// Decisions erased (skipped, pending, failed calls); imported calls keep their record.
-    pub decisions_erased: u64,
+    /// `None` when Redis failed after the connection was removed: the rest is erased when the
+    /// id is connected again.
+    pub decisions_erased: Option<u64>,
 }
 
 /// Why a connection could not be disconnected.
@@ -297,18 +310,29 @@ pub async fn disconnect(request: DisconnectRequest<'_>) -> Result<Disconnected, 
     };
     // The record first: from here on webhooks are answered 404, workers drop the connection's
     // jobs and the reconciler skips it. Deleting the reconciliation state also deletes its lock,
-    // so a pass running now loses it and writes nothing more.
+    // so a pass running now loses it and writes nothing more. What cannot be erased now is
+    // erased when the id is connected again.
     store.delete(id).await.map_err(DisconnectError::Store)?;
-    state.delete(id).await.map_err(DisconnectError::Store)?;
-    let decisions_erased = outcomes
-        .forget_undecided(id)
-        .await
-        .map_err(DisconnectError::Store)?;
-    info!(connection = %id, webhook = webhook.as_str(), decisions_erased, "disconnected an Aircall company");
+    let erased = erase_state(state, outcomes, id).await;
+    if let Err(e) = &erased {
+        warn!(connection = %id, error = %e, "disconnected, but its state could not be erased yet");
+    }
+    info!(connection = %id, webhook = webhook.as_str(), "disconnected an Aircall company");
     Ok(Disconnected {
         webhook,
-        decisions_erased,
+        decisions_erased: erased.ok(),
     })
+}
+
+/// Erases a connection's reconciliation state (and lock) and its decisions about calls not
+/// imported; returns how many decisions went.
+async fn erase_state(
+    state: &StateStore,
+    outcomes: &OutcomeStore,
+    id: &ConnectionId,
+) -> Result<u64, redis::RedisError> {
+    state.delete(id).await?;
+    outcomes.forget_undecided(id).await
 }
 
 /// `GET /v1/ping` with the credentials: 403 means they are wrong, revoked or not an admin's.

@@ -199,7 +199,8 @@ return 1
 ";
 
 /// Replaces the paying users of an existing connection. KEYS: the connection hash, its users
-/// set. ARGV: now (ms), then the emails. Returns 0 for an unknown connection.
+/// set. ARGV: now (ms), then the emails. Returns 0 for an unknown connection. A connection
+/// waiting for users becomes active with some; an active one left without any waits again.
 const SET_USERS_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
@@ -210,8 +211,11 @@ for i = 2, #ARGV do
 end
 redis.call('HSET', KEYS[1], 'users_changed_at_ms', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'users_version', 1)
-if redis.call('HGET', KEYS[1], 'status') == 'waiting_for_users' then
+local status = redis.call('HGET', KEYS[1], 'status')
+if #ARGV > 1 and status == 'waiting_for_users' then
   redis.call('HSET', KEYS[1], 'status', 'active')
+elseif #ARGV == 1 and status == 'active' then
+  redis.call('HSET', KEYS[1], 'status', 'waiting_for_users')
 end
 return 1
 ";
@@ -356,7 +360,7 @@ impl ConnectionStore {
     }
 
     /// Replaces a connection's paying users; `false` when the connection does not exist. A
-    /// connection waiting for its users becomes active.
+    /// connection waiting for its users becomes active; an active one left without any waits.
     pub async fn set_paying_users(
         &self,
         id: &ConnectionId,
@@ -371,6 +375,26 @@ impl ConnectionStore {
         }
         let done: i64 = script.invoke_async(&mut self.redis.clone()).await?;
         Ok(done == 1)
+    }
+
+    /// Marks the connection `invalid_credentials` after Aircall refused `api_token_sealed`,
+    /// unless its credentials were replaced since (a rotation must not be undone by a refusal
+    /// of the old key). `false` when not marked.
+    pub async fn mark_invalid_credentials(
+        &self,
+        id: &ConnectionId,
+        api_token_sealed: &str,
+    ) -> Result<bool, redis::RedisError> {
+        let marked: i64 = redis::Script::new(
+            "if redis.call('HGET', KEYS[1], 'api_token_sealed') ~= ARGV[1] then return 0 end \
+             redis.call('HSET', KEYS[1], 'status', 'invalid_credentials') \
+             return 1",
+        )
+        .key(self.key(id))
+        .arg(api_token_sealed)
+        .invoke_async(&mut self.redis.clone())
+        .await?;
+        Ok(marked == 1)
     }
 
     /// Replaces the API credentials of a connection, and its webhook when `webhook` is given
@@ -433,21 +457,25 @@ impl ConnectionStore {
         Ok(version.unwrap_or(0))
     }
 
-    /// Points an existing connection at a new webhook (Aircall lost or deleted the old one).
+    /// Points a connection at a new webhook (Aircall lost or deleted the old one), unless the
+    /// connection is gone or no longer on `replaced` (a credential rotation registered another
+    /// meanwhile): `false` then.
     pub async fn update_webhook(
         &self,
         id: &ConnectionId,
+        replaced: &str,
         webhook_id: &str,
         fingerprint: &[u8; 32],
     ) -> Result<bool, redis::RedisError> {
         let updated: i64 = redis::Script::new(
-            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+            "if redis.call('HGET', KEYS[1], 'webhook_id') ~= ARGV[3] then return 0 end \
              redis.call('HSET', KEYS[1], 'webhook_id', ARGV[1], 'webhook_token_fingerprint', ARGV[2]) \
              return 1",
         )
         .key(self.key(id))
         .arg(webhook_id)
         .arg(hex::encode(fingerprint))
+        .arg(replaced)
         .invoke_async(&mut self.redis.clone())
         .await?;
         self.forget(id);

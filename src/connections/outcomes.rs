@@ -223,18 +223,26 @@ end
 return 1
 ";
 
-/// Erases every record but `imported` ones, with their indexes. KEYS: the hash, the `all`
-/// index, the pending index. ARGV: index key prefix. Returns how many records went.
+/// Erases up to ARGV[2] records that are not `imported`, with their indexes; once none is
+/// left, the reason indexes and the pending index too. KEYS: the hash, the `all` index, the
+/// pending index. ARGV: index key prefix, batch size. Returns how many records went, or -1-n
+/// when n went and more are left (batches keep Redis free for everyone else meanwhile).
 const FORGET_UNDECIDED_LUA: &str = r"
+local batch = tonumber(ARGV[2])
 local erased = 0
 for _, outcome in ipairs({'skipped', 'pending', 'failed'}) do
   local index = ARGV[1] .. 'outcome:' .. outcome
-  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
-    erased = erased + 1
+  if erased < batch then
+    for _, id in ipairs(redis.call('ZRANGE', index, 0, batch - erased - 1)) do
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', index, id)
+      erased = erased + 1
+    end
   end
-  redis.call('DEL', index)
+  if erased >= batch and redis.call('EXISTS', index) == 1 then
+    return -1 - erased
+  end
 end
 for _, reason in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'reasons')) do
   redis.call('DEL', ARGV[1] .. 'reason:' .. reason)
@@ -242,6 +250,9 @@ end
 redis.call('DEL', ARGV[1] .. 'reasons', KEYS[3])
 return erased
 ";
+
+/// Records one [`FORGET_UNDECIDED_LUA`] call erases at most.
+const FORGET_BATCH: usize = 1_000;
 
 /// What [`OutcomeStore::record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,13 +433,22 @@ impl OutcomeStore {
         &self,
         connection: &ConnectionId,
     ) -> Result<u64, redis::RedisError> {
-        redis::Script::new(FORGET_UNDECIDED_LUA)
-            .key(self.base(connection))
-            .key(self.index(connection, "all"))
-            .key(self.index(connection, "pending"))
-            .arg(format!("{}:", self.base(connection)))
-            .invoke_async(&mut self.redis.clone())
-            .await
+        let script = redis::Script::new(FORGET_UNDECIDED_LUA);
+        let mut total = 0;
+        loop {
+            let erased: i64 = script
+                .key(self.base(connection))
+                .key(self.index(connection, "all"))
+                .key(self.index(connection, "pending"))
+                .arg(format!("{}:", self.base(connection)))
+                .arg(FORGET_BATCH)
+                .invoke_async(&mut self.redis.clone())
+                .await?;
+            if erased >= 0 {
+                return Ok(total + erased as u64);
+            }
+            total += (-1 - erased) as u64;
+        }
     }
 
     /// Calls pending whose re-check is due at `now_ms`, oldest due first.

@@ -96,6 +96,13 @@ pub enum JobError {
     CredentialsUnreadable,
     #[error("the connection's credentials were found invalid before")]
     KnownInvalidCredentials,
+    /// Aircall refused the connection's credentials: those sealed as `api_token_sealed`, so a
+    /// refusal of a key rotated away since does not mark the connection.
+    #[error("Aircall rejected the API credentials (HTTP {status})")]
+    CredentialsRefused {
+        status: u16,
+        api_token_sealed: String,
+    },
     #[error("the call is recorded imported but its metadata is missing from storage")]
     MetadataMissing,
 }
@@ -121,6 +128,7 @@ impl JobError {
             Self::Busy => "busy",
             Self::LeaseLost => "lease_lost",
             Self::Aircall(AircallError::InvalidCredentials { .. })
+            | Self::CredentialsRefused { .. }
             | Self::KnownInvalidCredentials => "invalid_credentials",
             Self::Aircall(AircallError::NotFound) => "call_not_found",
             Self::Aircall(AircallError::RateLimited { .. }) => "aircall_rate_limited",
@@ -151,13 +159,10 @@ impl JobError {
             | Self::Aircall(_)
             | Self::Download(_)
             | Self::CredentialsUnreadable
+            | Self::CredentialsRefused { .. }
             | Self::KnownInvalidCredentials
             | Self::MetadataMissing => Disposition::DeadLetter,
         }
-    }
-
-    fn invalid_credentials(&self) -> bool {
-        matches!(self, Self::Aircall(AircallError::InvalidCredentials { .. }))
     }
 }
 
@@ -307,15 +312,23 @@ impl Importer {
         let Ok(connection) = ConnectionId::parse(&job.connection_id) else {
             return Ok(());
         };
-        if error.invalid_credentials() {
-            if let Err(e) = self
+        if let JobError::CredentialsRefused {
+            api_token_sealed, ..
+        } = error
+        {
+            match self
                 .connections
-                .set_status(&connection, ConnectionStatus::InvalidCredentials)
+                .mark_invalid_credentials(&connection, api_token_sealed)
                 .await
             {
-                warn!(error = %e, "cannot mark the connection invalid_credentials");
+                Ok(true) => {
+                    warn!(connection = %connection, "Aircall refuses the connection's credentials; its jobs are parked in the dead-letter queue")
+                }
+                Ok(false) => {
+                    info!(connection = %connection, "Aircall refused credentials replaced since; the connection stays as it is")
+                }
+                Err(e) => warn!(error = %e, "cannot mark the connection invalid_credentials"),
             }
-            warn!(connection = %connection, "Aircall refuses the connection's credentials; its jobs are parked in the dead-letter queue");
         }
         let mut record = self.record_for(&job, job.snapshot.as_ref(), Outcome::Failed);
         record.reason = Some(failure.code);
@@ -482,7 +495,13 @@ impl Importer {
             connection.id.as_str(),
             self.cancel.clone(),
         );
-        Ok(client.get_call(call).await?)
+        client.get_call(call).await.map_err(|e| match e {
+            AircallError::InvalidCredentials { status } => JobError::CredentialsRefused {
+                status,
+                api_token_sealed: connection.api_token_sealed.clone(),
+            },
+            other => JobError::Aircall(other),
+        })
     }
 
     /// The outcome record of `job`'s call, filled from `call` when known.

@@ -8,6 +8,9 @@
 //! job to the import queue with a confirm **before** acking its dead letter, so a crash in
 //! between leaves a duplicate (which the worker's idempotence absorbs), never a loss. What is
 //! held unacked is bounded by `max_scan`; a closed channel gives everything back by itself.
+//!
+//! One reader at a time, across every process (a lease in Redis): messages another reader
+//! holds are invisible, so two readers would each see, or replay, only part of the queue.
 
 use lapin::Channel;
 use lapin::message::BasicGetMessage;
@@ -17,6 +20,27 @@ use serde::Serialize;
 
 use super::{Broker, JobFailure, Message, PublishError, Trigger};
 use crate::aircall::CallId;
+use crate::import::lease::{Lease, Leases};
+
+/// How long a reader waits for another one to finish.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the dead letters could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(transparent)]
+    Broker(#[from] PublishError),
+    #[error("Redis failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("another listing or replay is reading the dead-letter queue")]
+    Busy,
+}
+
+impl From<lapin::Error> for DeadLetterError {
+    fn from(e: lapin::Error) -> Self {
+        Self::Broker(e.into())
+    }
+}
 
 /// One message of the dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -69,18 +93,47 @@ pub struct Replayed {
 }
 
 /// The dead-letter queue of a broker.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DeadLetters {
     broker: Broker,
+    /// The one-reader lease.
+    readers: Leases,
+    reader_key: String,
     /// At most this many messages are held unacked by one call.
     max_scan: u32,
 }
 
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("queue", &self.broker.names().dead)
+            .field("max_scan", &self.max_scan)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeadLetters {
-    pub fn new(broker: Broker, max_scan: u32) -> Self {
+    /// `readers` leases the `{key_prefix}:dead-letters:reader` key.
+    pub fn new(broker: Broker, readers: Leases, key_prefix: &str, max_scan: u32) -> Self {
         Self {
             broker,
+            readers,
+            reader_key: format!("{key_prefix}:dead-letters:reader"),
             max_scan: max_scan.max(1),
+        }
+    }
+
+    /// Waits (a few seconds at most) to be the one reader.
+    async fn reader_lease(&self) -> Result<Lease, DeadLetterError> {
+        let deadline = tokio::time::Instant::now() + READER_WAIT;
+        loop {
+            if let Some(lease) = self.readers.acquire_key(self.reader_key.clone()).await? {
+                return Ok(lease);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DeadLetterError::Busy);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
@@ -89,7 +142,8 @@ impl DeadLetters {
         &self,
         connection_id: Option<&str>,
         limit: usize,
-    ) -> Result<DeadLetterPage, PublishError> {
+    ) -> Result<DeadLetterPage, DeadLetterError> {
+        let lease = self.reader_lease().await?;
         let mut reader = Reader::open(&self.broker).await?;
         let mut items = Vec::new();
         let mut scanned = 0;
@@ -106,6 +160,7 @@ impl DeadLetters {
         }
         let total = reader.total;
         reader.give_back().await;
+        lease.release().await;
         Ok(DeadLetterPage {
             items,
             total,
@@ -120,7 +175,8 @@ impl DeadLetters {
         &self,
         selection: &Selection,
         deadline: std::time::Duration,
-    ) -> Result<Replayed, PublishError> {
+    ) -> Result<Replayed, DeadLetterError> {
+        let lease = self.reader_lease().await?;
         let mut reader = Reader::open(&self.broker).await?;
         let mut done = Replayed::default();
         let mut scanned = 0;
@@ -177,7 +233,8 @@ impl DeadLetters {
         .await;
         done.remaining = reader.total.saturating_sub(done.replayed);
         reader.give_back().await;
-        result.map(|()| done)
+        lease.release().await;
+        result.map(|()| done).map_err(DeadLetterError::from)
     }
 }
 

@@ -104,14 +104,26 @@ fn arguments(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
     table
 }
 
+/// Deliveries a dead letter may have before RabbitMQ drops it: never reached in practice.
+pub const DEAD_LETTER_DELIVERY_LIMIT: u32 = 1_000_000_000;
+
 /// Every queue of the topology with its arguments, in declaration order (the dead-letter queue
 /// before the queues that dead-letter into it).
 pub fn queues(names: &QueueNames, settings: &QueueSettings) -> Vec<(String, FieldTable)> {
     let mut queues = Vec::new();
     // The dead-letter queue: a quorum queue, so dead letters are replicated like everything else.
+    // Reading it (the admin API's listing) gives messages back with a requeue, which counts as a
+    // delivery; RabbitMQ 4 gives quorum queues a default delivery limit of 20 and would then
+    // drop a dead letter (it has nowhere to go from here): the limit is set out of reach.
     queues.push((
         names.dead.clone(),
-        arguments(vec![("x-queue-type", text("quorum"))]),
+        arguments(vec![
+            ("x-queue-type", text("quorum")),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongUInt(DEAD_LETTER_DELIVERY_LIMIT),
+            ),
+        ]),
     ));
 
     // The import queue.

@@ -41,10 +41,10 @@ use crate::aircall::{Aircall, AircallClient, AircallError, Call, CallId, Credent
 use crate::config::{ImportSettings, ReconcileSettings};
 use crate::connections::{
     ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore, Outcome, OutcomeQuery,
-    OutcomeRecord, OutcomeStore, webhook_url,
+    OutcomeRecord, OutcomeStore, Recorded, webhook_url,
 };
 use crate::crypto::Keys;
-use crate::import::lease::Leases;
+use crate::import::lease::{Lease, Leases};
 use crate::import::rules::{self, Decision, PayingUsers, PendingReason, Rules, SkipReason};
 use crate::queue::{Broker, ImportJob, Message, PublishError, Trigger};
 
@@ -260,7 +260,7 @@ impl Reconciler {
         let mut report = RunReport::new(id, started_ms);
         let client = self.client(&connection, cancel)?;
         let outcome = tokio::select! {
-            outcome = self.pass(&connection, (&users, users_version), &client, &mut state, &mut report) => outcome,
+            outcome = self.pass(&connection, &lock, (&users, users_version), &client, &mut state, &mut report) => outcome,
             () = lock.lost() => Err(ReconcileError::LockLost),
         };
         if cancel.is_cancelled() {
@@ -281,8 +281,9 @@ impl Reconciler {
                 e,
                 ReconcileError::Aircall(AircallError::InvalidCredentials { .. })
             ) {
+                // Unless the credentials were replaced during the pass.
                 self.connections
-                    .set_status(id, ConnectionStatus::InvalidCredentials)
+                    .mark_invalid_credentials(id, &connection.api_token_sealed)
                     .await?;
             }
         }
@@ -296,14 +297,22 @@ impl Reconciler {
             };
         state.last_run_at_ms = started_ms;
         report.log();
-        if lock.is_lost() {
-            // Another replica holds the connection now: its state is not ours to write.
+        // Written only while the lock is still this pass's: another replica holding it now, or
+        // a disconnect having deleted it, leaves the state alone.
+        let kept = self
+            .state
+            .save_with_report(
+                id,
+                &state,
+                &report,
+                self.settings.reports_kept,
+                lock.fence(),
+            )
+            .await?;
+        if !kept {
+            info!("the lock was lost; this pass's state and report were not written");
             return Ok(Pass::Ran(Box::new(report)));
         }
-        self.state.save(id, &state).await?;
-        self.state
-            .push_report(id, &report, self.settings.reports_kept)
-            .await?;
         lock.release().await;
         Ok(Pass::Ran(Box::new(report)))
     }
@@ -338,6 +347,7 @@ impl Reconciler {
     async fn pass(
         &self,
         connection: &ConnectionRecord,
+        lock: &Lease,
         (users, users_version): (&PayingUsers, i64),
         client: &AircallClient,
         state: &mut ReconcileState,
@@ -365,7 +375,7 @@ impl Reconciler {
             None => {
                 report.kind = RunKind::FirstImport;
                 let cap = Some(self.settings.first_import_max_calls);
-                self.list_and_judge(id, users, client, (window_start, to), cap, report)
+                self.list_and_judge((id, lock), users, client, (window_start, to), cap, report)
                     .await?;
             }
             Some(watermark) => {
@@ -379,7 +389,7 @@ impl Reconciler {
                     self.settings.short_overlap_s
                 };
                 let from = (watermark - overlap as i64).max(window_start);
-                self.list_and_judge(id, users, client, (from, to), None, report)
+                self.list_and_judge((id, lock), users, client, (from, to), None, report)
                     .await?;
                 if full {
                     state.full_overlap_at_ms = now_ms;
@@ -482,15 +492,20 @@ impl Reconciler {
         let fingerprint = self.keys.fingerprint(token.expose_secret());
         let stored = self
             .connections
-            .update_webhook(&connection.id, &webhook.webhook_id, &fingerprint)
+            .update_webhook(
+                &connection.id,
+                &connection.webhook_id,
+                &webhook.webhook_id,
+                &fingerprint,
+            )
             .await;
         match stored {
             Ok(true) => {}
-            // Not recorded (Redis failed, or the connection was just removed): remove it, or
-            // it would post events nobody can verify.
+            // Not recorded (the connection was just removed, or its credentials rotated with a
+            // webhook of their own): remove it, or it would post events nobody can verify.
             Ok(false) => {
                 let _ = client.delete_webhook(&webhook.webhook_id).await;
-                return Ok(Ok("connection_gone"));
+                return Ok(Ok("connection_changed"));
             }
             Err(e) => {
                 let _ = client.delete_webhook(&webhook.webhook_id).await;
@@ -511,7 +526,8 @@ impl Reconciler {
     /// compete for the cap like any other.
     async fn list_and_judge(
         &self,
-        id: &ConnectionId,
+        // The connection, and the lock its writes are fenced by.
+        (id, lock): (&ConnectionId, &Lease),
         users: &PayingUsers,
         client: &AircallClient,
         (from, to): (i64, i64),
@@ -535,7 +551,7 @@ impl Reconciler {
                 // The same decision as recorded keeps its record (and a pending call its
                 // re-check schedule); a new one replaces it.
                 if same_as_recorded(&decision, known.as_ref()) {
-                    self.listed_pending(id, &call, known.as_ref(), report)
+                    self.listed_pending(id, lock, &call, known.as_ref(), report)
                         .await?;
                     continue;
                 }
@@ -545,7 +561,7 @@ impl Reconciler {
                         if newest.len() > cap
                             && let Some(older) = newest.pop_front()
                         {
-                            self.record_skip(id, &older, SkipReason::FirstImportCap, report)
+                            self.record_skip(id, lock, &older, SkipReason::FirstImportCap, report)
                                 .await?;
                         }
                     }
@@ -553,10 +569,10 @@ impl Reconciler {
                         self.queue(id, call.id, Some(call), report).await?;
                     }
                     (Decision::Skip(reason), _) => {
-                        self.record_skip(id, &call, reason, report).await?
+                        self.record_skip(id, lock, &call, reason, report).await?
                     }
                     (Decision::Pending(reason), _) => {
-                        self.record_pending(id, &call, reason, report).await?
+                        self.record_pending(id, lock, &call, reason, report).await?
                     }
                 }
             }
@@ -681,16 +697,35 @@ impl Reconciler {
         }
     }
 
+    /// Records a decision, unless the pass lost its lock (a disconnect deleted it, or another
+    /// replica took over): then the pass stops.
+    async fn record(
+        &self,
+        id: &ConnectionId,
+        lock: &Lease,
+        record: &OutcomeRecord,
+    ) -> Result<(), ReconcileError> {
+        match self
+            .outcomes
+            .record_fenced(id, record, Some(lock.fence()))
+            .await?
+        {
+            Recorded::LeaseLost => Err(ReconcileError::LockLost),
+            Recorded::Written | Recorded::KeptImport | Recorded::KeptDecision => Ok(()),
+        }
+    }
+
     async fn record_skip(
         &self,
         id: &ConnectionId,
+        lock: &Lease,
         call: &Call,
         reason: SkipReason,
         report: &mut RunReport,
     ) -> Result<(), ReconcileError> {
         let mut record = Self::record_for(call, Outcome::Skipped, self.clock.now_ms());
         record.reason = Some(reason.as_str().into());
-        self.outcomes.record(id, &record).await?;
+        self.record(id, lock, &record).await?;
         *report
             .skipped
             .entry(reason.as_str().to_string())
@@ -703,6 +738,7 @@ impl Reconciler {
     async fn listed_pending(
         &self,
         id: &ConnectionId,
+        lock: &Lease,
         call: &Call,
         known: Option<&OutcomeRecord>,
         report: &mut RunReport,
@@ -723,7 +759,7 @@ impl Reconciler {
             recheck_at = recheck_at.min(deadline * 1000);
         }
         record.recheck_at_ms = Some(recheck_at);
-        self.outcomes.record(id, &record).await?;
+        self.record(id, lock, &record).await?;
         report.pending_listed += 1;
         Ok(())
     }
@@ -731,6 +767,7 @@ impl Reconciler {
     async fn record_pending(
         &self,
         id: &ConnectionId,
+        lock: &Lease,
         call: &Call,
         reason: PendingReason,
         report: &mut RunReport,
@@ -746,7 +783,7 @@ impl Reconciler {
         record.reason = Some(reason.as_str().into());
         record.recheck_at_ms = Some(recheck_at);
         record.pending_checks = 1;
-        self.outcomes.record(id, &record).await?;
+        self.record(id, lock, &record).await?;
         report.pending_recorded += 1;
         Ok(())
     }

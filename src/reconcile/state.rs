@@ -30,6 +30,42 @@ pub struct ReconcileState {
     pub full_overlap_at_ms: i64,
 }
 
+impl ReconcileState {
+    /// The hash fields of the state (absent options are left as they are in Redis).
+    fn fields(&self) -> Vec<(&'static str, i64)> {
+        let mut fields = vec![
+            ("next_due_ms", self.next_due_ms),
+            ("last_run_at_ms", self.last_run_at_ms),
+            ("full_overlap_at_ms", self.full_overlap_at_ms),
+        ];
+        if let Some(w) = self.watermark {
+            fields.push(("watermark", w));
+        }
+        if let Some(t) = self.first_import_at_ms {
+            fields.push(("first_import_at_ms", t));
+        }
+        if let Some(u) = self.users_seen {
+            fields.push(("users_seen", u));
+        }
+        fields
+    }
+}
+
+/// Writes a pass's state and report while its lock is held. KEYS: state hash, reports list,
+/// lock. ARGV: lock token, report JSON, index of the last report kept, then field/value pairs.
+/// Returns 0 (nothing written) when the lock is not the pass's any more.
+const SAVE_LUA: &str = r"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return 0
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]))
+return 1
+";
+
 /// The state of every connection. Cheap to clone.
 #[derive(Clone)]
 pub struct StateStore {
@@ -77,29 +113,30 @@ impl StateStore {
         })
     }
 
-    pub async fn save(
+    /// Saves a pass's state and pushes its report (keeping the newest `kept`), both only while
+    /// the pass's lock `(key, token)` is still held; `false` when it was not (nothing written).
+    pub async fn save_with_report(
         &self,
         id: &ConnectionId,
         state: &ReconcileState,
-    ) -> Result<(), redis::RedisError> {
-        let mut fields = vec![
-            ("next_due_ms", state.next_due_ms),
-            ("last_run_at_ms", state.last_run_at_ms),
-            ("full_overlap_at_ms", state.full_overlap_at_ms),
-        ];
-        if let Some(w) = state.watermark {
-            fields.push(("watermark", w));
+        report: &RunReport,
+        kept: usize,
+        (lock_key, token): (&str, &str),
+    ) -> Result<bool, redis::RedisError> {
+        let save = redis::Script::new(SAVE_LUA);
+        let mut script = save.prepare_invoke();
+        script
+            .key(self.key(id))
+            .key(self.reports_key(id))
+            .key(lock_key)
+            .arg(token)
+            .arg(serde_json::to_string(report).unwrap_or_default())
+            .arg(kept.saturating_sub(1));
+        for (field, value) in state.fields() {
+            script.arg(field).arg(value);
         }
-        if let Some(t) = state.first_import_at_ms {
-            fields.push(("first_import_at_ms", t));
-        }
-        if let Some(u) = state.users_seen {
-            fields.push(("users_seen", u));
-        }
-        self.redis
-            .clone()
-            .hset_multiple::<_, _, _, ()>(self.key(id), &fields)
-            .await
+        let saved: i64 = script.invoke_async(&mut self.redis.clone()).await?;
+        Ok(saved == 1)
     }
 
     /// Makes the connection due at once (a manual sync, or paying users just set).
@@ -107,23 +144,6 @@ impl StateStore {
         self.redis
             .clone()
             .hset::<_, _, _, ()>(self.key(id), "next_due_ms", 0)
-            .await
-    }
-
-    pub async fn push_report(
-        &self,
-        id: &ConnectionId,
-        report: &RunReport,
-        kept: usize,
-    ) -> Result<(), redis::RedisError> {
-        let json = serde_json::to_string(report).unwrap_or_default();
-        redis::pipe()
-            .atomic()
-            .lpush(self.reports_key(id), json)
-            .ignore()
-            .ltrim(self.reports_key(id), 0, kept.saturating_sub(1) as isize)
-            .ignore()
-            .query_async::<()>(&mut self.redis.clone())
             .await
     }
 

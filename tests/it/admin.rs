@@ -569,12 +569,23 @@ async fn rotating_to_a_new_key_replaces_the_old_one() {
         "same company, same webhook"
     );
     assert_eq!(body["connection"]["api_id"], json!(api_id));
-    // The old key is revoked; the connection works with the new one.
+    assert_eq!(t.sim.state.webhooks(t.company.id).unwrap().len(), 1);
+    // The old key is revoked; a pass started after that works, with the new key.
     assert!(t.sim.state.revoke_api_key(&t.company.api_id));
-    let report = t
+    let rotated = t
         .wait_report_after("acme", first["started_at_ms"].as_i64().unwrap())
         .await;
+    let (status, _) = t
+        .send(Method::POST, "/api/connections/acme/sync", None)
+        .await;
+    assert_eq!(status, 202);
+    let report = t
+        .wait_report_after("acme", rotated["started_at_ms"].as_i64().unwrap())
+        .await;
     assert_eq!(report["error"], Value::Null, "{report}");
+    assert!(report["aircall_requests"].as_u64().unwrap() > 0, "{report}");
+    let (_, view) = t.get("/api/connections/acme").await;
+    assert_eq!(view["status"], "active");
     let dump = t.redis_dump().await;
     assert!(!dump.contains(&api_token), "{dump}");
     t.stop().await;
@@ -646,6 +657,7 @@ async fn disconnecting_removes_the_webhook_and_erases_credentials_but_keeps_impo
     let mut t = AdminTest::start("admin-disconnect", |_| {}).await;
     t.start_worker();
     t.connect("acme").await;
+    t.wait_report_after("acme", 0).await;
     let call = t.add_call(&t.call());
     let imported = t
         .wait_call("acme", call, |c| c["outcome"] == "imported")
@@ -1234,7 +1246,7 @@ async fn a_connect_import_disconnect_cycle_logs_no_secret() {
     let log_path = root.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
     // The real binary, as operators run it, logging at debug level.
-    let mut service = std::process::Command::new(env!("CARGO_BIN_EXE_aircall-ingest"))
+    let service = std::process::Command::new(env!("CARGO_BIN_EXE_aircall-ingest"))
         .args(["all", "--listen", &addr.to_string()])
         .env("AIRCALL_INGEST_MODE", "development")
         .env("AIRCALL_INGEST_ADMIN_TOKEN", &admin_token)
@@ -1254,6 +1266,8 @@ async fn a_connect_import_disconnect_cycle_logs_no_secret() {
         .stderr(log)
         .spawn()
         .unwrap();
+    // Killed if the test fails before it stops the service itself.
+    let mut service = KillOnDrop(service);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     assert!(
@@ -1313,11 +1327,11 @@ async fn a_connect_import_disconnect_cycle_logs_no_secret() {
         .unwrap();
     assert_eq!(response.status(), 200);
     std::process::Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
+        .args(["-TERM", &service.0.id().to_string()])
         .status()
         .unwrap();
     let exited = crate::helpers::eventually(Duration::from_secs(30), || {
-        service.try_wait().unwrap().is_some()
+        service.0.try_wait().unwrap().is_some()
     })
     .await;
     assert!(exited, "the service stops on SIGTERM");
@@ -1341,4 +1355,178 @@ async fn a_connect_import_disconnect_cycle_logs_no_secret() {
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&log_path);
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_to_another_company_s_key_moves_the_webhook_there() {
+    let t = AdminTest::start("admin-rotate-company", |_| {}).await;
+    t.connect("acme").await;
+    t.wait_report_after("acme", 0).await;
+    let other = t.sim.state.add_company(CompanySpec::default()).unwrap();
+
+    let (status, body) = t
+        .send(
+            Method::PUT,
+            "/api/connections/acme/credentials",
+            Some(json!({"api_id": other.api_id, "api_token": other.api_token})),
+        )
+        .await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["webhook_replaced"], true, "{body}");
+    assert!(
+        t.sim.state.webhooks(t.company.id).unwrap().is_empty(),
+        "the old one is removed"
+    );
+    let hooks = t.sim.state.webhooks(other.id).unwrap();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(
+        body["connection"]["webhook"]["id"],
+        json!(hooks[0].webhook_id)
+    );
+    // The new webhook's token is the one the endpoint accepts now.
+    let event = |token: &str| json!({"resource": "call", "event": "call.ended", "timestamp": 1, "token": token, "data": {"id": 77}});
+    assert_eq!(
+        t.app.post("acme", &event(&hooks[0].token)).await.status(),
+        200
+    );
+    t.stop().await;
+}
+
+fn skipped_record(call: u64) -> aircall_ingest::connections::OutcomeRecord {
+    aircall_ingest::connections::OutcomeRecord {
+        call_id: aircall_ingest::aircall::CallId(call),
+        outcome: aircall_ingest::connections::Outcome::Skipped,
+        reason: Some("user_not_matched".into()),
+        decided_at_ms: call as i64,
+        trigger: Trigger::Reconciliation,
+        agent_email: None,
+        agent_name: None,
+        direction: None,
+        started_at: None,
+        duration: None,
+        error: None,
+        stored: None,
+        announced: false,
+        recheck_at_ms: None,
+        pending_checks: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_lost_its_lock_to_a_disconnect_writes_nothing() {
+    let t = AdminTest::start("admin-fenced", |_| {}).await;
+    t.connect("acme").await;
+    t.wait_report_after("acme", 0).await;
+    let id = aircall_ingest::connections::ConnectionId::parse("acme").unwrap();
+    let reconciler = t.app.ctx.reconciler();
+    // A pass holds the lock…
+    let lock = reconciler
+        .locks
+        .acquire_key(reconciler.state.lock_key(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _) = t.send(Method::DELETE, "/api/connections/acme", None).await;
+    assert_eq!(status, 200);
+    // …and ends after the disconnect: neither its state nor its decisions are written.
+    let state = aircall_ingest::reconcile::ReconcileState {
+        watermark: Some(123),
+        ..Default::default()
+    };
+    let report = aircall_ingest::reconcile::RunReport::new(&id, 1);
+    let saved = reconciler
+        .state
+        .save_with_report(&id, &state, &report, 5, lock.fence())
+        .await
+        .unwrap();
+    assert!(!saved);
+    let recorded = t
+        .app
+        .ctx
+        .outcomes
+        .record_fenced(&id, &skipped_record(1), Some(lock.fence()))
+        .await
+        .unwrap();
+    assert_eq!(recorded, aircall_ingest::connections::Recorded::LeaseLost);
+    let dump = t.redis_dump().await;
+    assert!(!dump.contains(":reconcile:"), "{dump}");
+    assert!(!dump.contains(":calls:"), "{dump}");
+
+    // A refusal of credentials replaced since does not mark the connection either.
+    t.connect("acme").await;
+    let before = t.app.ctx.connections.get(&id).await.unwrap().unwrap();
+    let (api_id, api_token) = t.sim.state.generate_api_key(t.company.id).unwrap();
+    let (status, _) = t
+        .send(
+            Method::PUT,
+            "/api/connections/acme/credentials",
+            Some(json!({"api_id": api_id, "api_token": api_token})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let marked = t
+        .app
+        .ctx
+        .connections
+        .mark_invalid_credentials(&id, &before.api_token_sealed)
+        .await
+        .unwrap();
+    assert!(!marked);
+    let (_, view) = t.get("/api/connections/acme").await;
+    assert_eq!(view["status"], "active");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_decisions_keeps_imports_and_goes_in_batches() {
+    use aircall_ingest::connections::Outcome;
+    let t = AdminTest::start("admin-forget", |_| {}).await;
+    let id = aircall_ingest::connections::ConnectionId::parse("acme").unwrap();
+    let outcomes = &t.app.ctx.outcomes;
+    for call in 0..2_300u64 {
+        let mut record = skipped_record(call);
+        (record.outcome, record.reason) = match call % 3 {
+            0 => (Outcome::Skipped, Some("no_user".into())),
+            1 => (Outcome::Pending, Some("recording_not_ready".into())),
+            _ => (Outcome::Failed, Some("download_failed".into())),
+        };
+        outcomes.record(&id, &record).await.unwrap();
+    }
+    for call in 10_000..10_003u64 {
+        let mut record = skipped_record(call);
+        (record.outcome, record.reason) = (Outcome::Imported, None);
+        outcomes.record(&id, &record).await.unwrap();
+    }
+
+    let erased = outcomes.forget_undecided(&id).await.unwrap();
+
+    assert_eq!(erased, 2_300);
+    let counts = outcomes.counts(&id).await.unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [("outcome:imported".to_string(), 3)]
+    );
+    let dump = t.redis_dump().await;
+    let keys: Vec<&str> = dump
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .filter(|k| k.contains(":calls:"))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        3,
+        "the hash, `all` and `outcome:imported`: {keys:?}"
+    );
+    t.stop().await;
 }

@@ -103,6 +103,8 @@ impl Harness {
             api_token: &api_token,
             public_url: &Url::parse(&app.url).unwrap(),
             store: &ctx.connections,
+            outcomes: &ctx.outcomes,
+            state: &ctx.reconciler().state,
             keys: &ctx.keys,
             users: &Default::default(),
             now_ms: 0,
