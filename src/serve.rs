@@ -55,10 +55,10 @@ pub fn start(
         .context("the HTTP socket has no address")?;
     let intake = web::Data::new(intake);
     let readiness = web::Data::new(readiness);
-    let openapi = web::Data::new(
+    let openapi = web::Data::new(admin::OpenApiDocument(
         serde_json::to_value(admin::openapi(admin.clone()))
             .context("cannot render the OpenAPI document")?,
-    );
+    ));
     let routes_admin = admin.clone();
     let server = HttpServer::new(move || {
         let app = App::new()

@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -475,9 +475,9 @@ async fn existing(admin: &Admin, id: &str) -> Result<ConnectionRecord, ApiError>
 }
 
 /// The credentials of a request, checked for shape (Aircall checks the rest).
-fn credentials(api_id: &str, api_token: &str) -> Result<(String, SecretString), ApiError> {
+fn credentials(api_id: &str, api_token: &SecretString) -> Result<(String, SecretString), ApiError> {
     let api_id = api_id.trim();
-    let api_token = api_token.trim();
+    let api_token = api_token.expose_secret().trim();
     let printable = |text: &str| text.bytes().all(|b| b.is_ascii_graphic());
     if api_id.is_empty() || api_id.len() > 256 || !printable(api_id) || api_id.contains(':') {
         return Err(ApiError::bad_request(

@@ -128,11 +128,8 @@ where
 
 /// What `/api` answers when no route matched: 405 with `Allow` for a documented path asked
 /// with another method, else 404.
-async fn fallback(
-    req: HttpRequest,
-    document: Option<web::Data<serde_json::Value>>,
-) -> HttpResponse {
-    let allowed = document.and_then(|d| allowed_methods(&d, req.path()));
+async fn fallback(req: HttpRequest, document: Option<web::Data<OpenApiDocument>>) -> HttpResponse {
+    let allowed = document.and_then(|d| allowed_methods(&d.0, req.path()));
     match allowed {
         Some(methods) => {
             let mut response = ApiError::new(
@@ -201,9 +198,12 @@ pub async fn method_not_allowed_get() -> HttpResponse {
     response
 }
 
+/// The OpenAPI document, rendered once when the server starts.
+pub struct OpenApiDocument(pub serde_json::Value);
+
 /// Serves the OpenAPI document (no token needed: it describes, it does not reveal).
-pub async fn openapi_json(document: web::Data<serde_json::Value>) -> HttpResponse {
-    HttpResponse::Ok().json(document.get_ref())
+pub async fn openapi_json(document: web::Data<OpenApiDocument>) -> HttpResponse {
+    HttpResponse::Ok().json(&document.0)
 }
 
 #[derive(OpenApi)]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -22,8 +23,8 @@ pub struct ConnectBody {
     #[schema(pattern = "^ *[!-9;-~]+ *$", max_length = 256)]
     pub api_id: String,
     /// The API token shown (once) by Aircall when the key was generated.
-    #[schema(format = Password, pattern = "^ *[!-~]+ *$", max_length = 1024)]
-    pub api_token: String,
+    #[schema(value_type = String, format = Password, pattern = "^ *[!-~]+ *$", max_length = 1024)]
+    pub api_token: SecretString,
     /// The paying users' emails; without them the connection waits (`waiting_for_users`).
     #[serde(default)]
     #[schema(value_type = Option<Vec<Email>>, max_items = 10000)]
@@ -45,8 +46,8 @@ pub struct Email(String);
 pub struct CredentialsBody {
     #[schema(pattern = "^ *[!-9;-~]+ *$", max_length = 256)]
     pub api_id: String,
-    #[schema(format = Password, pattern = "^ *[!-~]+ *$", max_length = 1024)]
-    pub api_token: String,
+    #[schema(value_type = String, format = Password, pattern = "^ *[!-~]+ *$", max_length = 1024)]
+    pub api_token: SecretString,
 }
 
 /// `PUT /api/connections/{id}/users`.
