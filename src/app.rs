@@ -160,8 +160,49 @@ impl Context {
         )))
     }
 
+    fn readiness(&self, either_suffices: bool) -> Readiness {
+        Readiness {
+            redis: self.redis.clone(),
+            broker: self.broker.clone(),
+            either_suffices,
+        }
+    }
+
+    /// The process's metrics; `with_spool` for a role that drains the spool.
+    fn metrics(&self, with_spool: bool) -> serve::Metrics {
+        serve::Metrics {
+            handle: crate::metrics::install(),
+            sampler: crate::metrics::Sampler {
+                spool: with_spool.then(|| self.spool.clone()),
+                broker: self.broker.clone(),
+            },
+        }
+    }
+
+    /// Starts the `metrics_listen` listener of `worker` and `reconcile`, when one is set.
+    pub fn start_probes(
+        &self,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Option<serve::HttpServerHandle>> {
+        let listen = &self.settings.metrics_listen;
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = listen.parse().context("metrics_listen")?;
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("cannot bind {addr} (metrics_listen)"))?;
+        let server = serve::start_probes(
+            listener,
+            self.readiness(false),
+            self.metrics(false),
+            cancel.clone(),
+        )?;
+        info!(addr = %server.addr, "serving /metrics, /healthz and /readyz");
+        Ok(Some(server))
+    }
+
     /// Starts the HTTP server of the `serve` role on `listener`: webhooks, the admin API,
-    /// health.
+    /// health, metrics.
     pub fn serve(
         &self,
         listener: TcpListener,
@@ -169,12 +210,12 @@ impl Context {
     ) -> anyhow::Result<serve::HttpServerHandle> {
         serve::start(
             listener,
-            self.intake(),
-            Readiness {
-                redis: self.redis.clone(),
-                broker: self.broker.clone(),
+            serve::Parts {
+                intake: self.intake(),
+                readiness: self.readiness(true),
+                admin: crate::admin::Admin::new(self.clone(), cancel.clone()),
+                metrics: self.metrics(true),
             },
-            crate::admin::Admin::new(self.clone(), cancel.clone()),
             self.settings.serve.worker_threads(),
             self.settings.serve.shutdown_timeout(),
             cancel.clone(),
@@ -237,9 +278,14 @@ async fn run_worker(settings: Settings, cancel: CancellationToken) -> anyhow::Re
     // their events and retries.
     let broker_cancel = CancellationToken::new();
     let broker = tokio::spawn(ctx.broker.clone().run(broker_cancel.clone()));
+    // The listener outlives the consumer too: /readyz and /metrics answer during the drain.
+    let probes = ctx.start_probes(&broker_cancel)?;
     let worker = ctx.start_worker(&cancel)?;
     let _ = worker.await;
     broker_cancel.cancel();
+    if let Some(probes) = probes {
+        probes.stopped().await;
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), broker).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -276,7 +322,13 @@ async fn run_reconcile(
             ExitCode::FAILURE
         }
     } else {
+        // A CronJob's round is not scraped; the loop is.
+        let probes = ctx.start_probes(&broker_cancel)?;
         ctx.reconciler().run(cancel).await;
+        broker_cancel.cancel();
+        if let Some(probes) = probes {
+            probes.stopped().await;
+        }
         ExitCode::SUCCESS
     };
     broker_cancel.cancel();

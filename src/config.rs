@@ -75,6 +75,10 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Address of the small HTTP listener of `worker` and `reconcile` (`/metrics`, `/healthz`,
+    /// `/readyz`), e.g. `0.0.0.0:9091`; empty for none. `serve` and `all` serve the same paths on
+    /// `serve.listen`.
+    pub metrics_listen: String,
     /// `AIRCALL_INGEST_*` variables that are not settings (Kubernetes, for one, sets
     /// `AIRCALL_INGEST_SERVICE_HOST` and friends for a Service of that name). Ignored, and
     /// reported at start so a typo does not go unnoticed.
@@ -331,6 +335,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             reconcile: ReconcileSettings::default(),
             log: LogSettings::default(),
+            metrics_listen: String::new(),
             ignored_env: Vec::new(),
         }
     }
@@ -770,6 +775,16 @@ impl Settings {
                     .all(|h| valid_host_pattern(h)),
             "import.recording_hosts",
             "must list host names such as `storage.example.com` or `*.example.com`".into(),
+        );
+        require(
+            &mut p,
+            self.metrics_listen.is_empty()
+                || self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),
+            "metrics_listen",
+            format!(
+                "must be empty or an address such as 0.0.0.0:9091, got `{}`",
+                self.metrics_listen
+            ),
         );
         require(
             &mut p,

@@ -18,6 +18,7 @@ pub mod connections;
 pub mod crypto;
 pub mod import;
 pub mod intake;
+pub mod metrics;
 pub mod queue;
 pub mod reconcile;
 pub mod serve;

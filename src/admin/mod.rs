@@ -326,12 +326,18 @@ async fn authorize(
             "the admin token is wrong",
         )),
     };
+    // The route template, never the path itself: a label per connection would grow forever.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
     match refusal {
-        None => next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_left_body),
+        None => {
+            let response = next.call(req).await?;
+            crate::metrics::admin_request(&route, response.status().as_u16());
+            Ok(response.map_into_left_body())
+        }
         Some(error) => {
+            crate::metrics::admin_request(&route, error.status.as_u16());
             let mut response = error.error_response();
             response.headers_mut().insert(
                 actix_web::http::header::WWW_AUTHENTICATE,

@@ -380,6 +380,7 @@ impl AircallClient {
         loop {
             attempt += 1;
             let waited = self.budget.acquire(&self.cancel).await?;
+            crate::metrics::rate_limit_wait(waited);
             self.stats
                 .budget_wait_ms
                 .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
@@ -401,6 +402,10 @@ impl AircallClient {
                 outcome = Self::exchange(builder) => outcome,
                 () = self.cancel.cancelled() => return Err(AircallError::Cancelled),
             };
+            crate::metrics::aircall_request(
+                request.endpoint,
+                outcome.as_ref().ok().map(|(status, _, _)| status.as_u16()),
+            );
             let (reason, source, may_retry) = match outcome {
                 Ok((status, headers, body)) => {
                     let rate =

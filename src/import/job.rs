@@ -181,6 +181,24 @@ pub enum Report {
     Requeue(JobError),
 }
 
+impl Report {
+    /// `(outcome, reason)` labels of the jobs metric: a fixed set.
+    pub fn metric_labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Report::Done(Handled::Imported) => ("imported", "none"),
+            Report::Done(Handled::Skipped(reason)) => ("skipped", reason.as_str()),
+            Report::Done(Handled::Pending(reason)) => ("pending", reason.as_str()),
+            Report::Done(Handled::AlreadyDone) => ("already_done", "none"),
+            Report::Done(Handled::Announced) => ("announced", "none"),
+            Report::Done(Handled::ConnectionGone) => ("connection_gone", "none"),
+            Report::Retrying { error, .. } => ("retried", error.code()),
+            Report::Deferred => ("deferred", "busy"),
+            Report::DeadLettered(error) => ("dead_lettered", error.code()),
+            Report::Requeue(error) => ("requeued", error.code()),
+        }
+    }
+}
+
 /// Everything an import needs. Cheap to clone.
 #[derive(Clone)]
 pub struct Importer {
@@ -253,6 +271,19 @@ impl Importer {
     /// outcome requires. An `Err` means that settlement could not be published: the consumer
     /// must give the delivery back to RabbitMQ.
     pub async fn process(&self, job: ImportJob) -> Result<Report, PublishError> {
+        let started = std::time::Instant::now();
+        let report = self.settle(job).await;
+        if let Ok(report) = &report {
+            let (outcome, reason) = report.metric_labels();
+            crate::metrics::job(outcome, reason);
+            if matches!(report, Report::Done(Handled::Imported)) {
+                crate::metrics::imported(started.elapsed());
+            }
+        }
+        report
+    }
+
+    async fn settle(&self, job: ImportJob) -> Result<Report, PublishError> {
         let error = match self.handle(&job).await {
             Ok(handled) => return Ok(Report::Done(handled)),
             Err(error) => error,
@@ -470,6 +501,7 @@ impl Importer {
             });
             self.commit(id, &record, lease).await?;
             info!(bytes = document.recording.size_bytes, "call imported");
+            crate::metrics::recording_stored(document.recording.size_bytes);
             self.announce(id, record, &document, lease).await?;
             return Ok(Handled::Imported);
         }

@@ -223,6 +223,10 @@ async fn settle(importer: &Importer, delivery: Delivery) {
             return;
         }
     };
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    crate::metrics::job_taken(std::time::Duration::from_millis(
+        now_ms.saturating_sub(job.received_at_ms).max(0) as u64,
+    ));
     let span = info_span!(
         "import",
         connection = %job.connection_id,

@@ -110,6 +110,14 @@ async fn receive(
         .handle(&connection, &req, payload, &request_id, started, &mut trace)
         .await;
     let latency_us = started.elapsed().as_micros() as u64;
+    crate::metrics::webhook(
+        trace.event.as_deref(),
+        match &outcome {
+            Ok(accepted) => accepted.as_str(),
+            Err(error) => error.code,
+        },
+        started.elapsed(),
+    );
     // The path is not trusted: log at most its first 64 characters.
     let connection: String = connection.chars().take(64).collect();
     let event = trace.event.as_deref();

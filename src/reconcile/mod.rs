@@ -227,9 +227,37 @@ impl Reconciler {
         self.run_locked(id, None, cancel).instrument(span).await
     }
 
+    /// A pass under the connection's lock, counted in the metrics.
+    async fn run_locked(
+        &self,
+        id: &ConnectionId,
+        due_by: Option<i64>,
+        cancel: &CancellationToken,
+    ) -> Result<Pass, ReconcileError> {
+        let pass = self.run_locked_uncounted(id, due_by, cancel).await;
+        match &pass {
+            Ok(Pass::Ran(report)) => crate::metrics::reconcile_run(
+                if report.error.is_none() {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                Some(Duration::from_millis(
+                    report
+                        .ended_at_ms
+                        .saturating_sub(report.started_at_ms)
+                        .max(0) as u64,
+                )),
+            ),
+            Ok(Pass::Skipped(_)) => crate::metrics::reconcile_run("skipped", None),
+            Err(_) => crate::metrics::reconcile_run("failed", None),
+        }
+        pass
+    }
+
     /// A pass under the connection's lock; with `due_by`, only if the connection is still due
     /// by then once the lock is held (another replica may have just run it).
-    async fn run_locked(
+    async fn run_locked_uncounted(
         &self,
         id: &ConnectionId,
         due_by: Option<i64>,

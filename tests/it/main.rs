@@ -8,6 +8,7 @@ mod config;
 mod disruptive;
 mod helpers;
 mod intake;
+mod metrics;
 mod proxy;
 mod rate_limit;
 mod reconcile;
