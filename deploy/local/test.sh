@@ -19,3 +19,5 @@ cargo test --locked "$@"
 cargo test --locked --test it -- --ignored --test-threads=1
 # Finally the admin API against its own OpenAPI document: no 5xx, every answer as documented.
 deploy/local/schemathesis.sh 50
+# And the deployment files: Kubernetes schemas, the overlays, every variable a real setting.
+deploy/check-manifests.sh
