@@ -13,6 +13,7 @@ mod proxy;
 mod rate_limit;
 mod reconcile;
 mod s3;
+mod shutdown;
 mod simulator;
 mod spool;
 mod worker;
