@@ -82,6 +82,27 @@ for name in sorted(names):
     setting = name.removeprefix("AIRCALL_INGEST_").lower().replace("__", ".")
     if setting not in settings:
         fail(f"{name} is set in the deployment files but `{setting}` is not a setting")
-print(f"[manifests] {len(names)} AIRCALL_INGEST_* variables, all settings" if not failures else "")
+if not failures:
+    print(f"[manifests] {len(names)} AIRCALL_INGEST_* variables, all settings")
+
+# 4. The production configuration example is valid, given the secrets it leaves to the
+#    environment.
+example = {
+    **env,
+    "AIRCALL_INGEST_MODE": "production",
+    "AIRCALL_INGEST_ADMIN_TOKEN": "an-admin-token-of-the-check",
+    "AIRCALL_INGEST_SECRET_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "AIRCALL_INGEST_STORAGE__S3_SECRET_ACCESS_KEY": "secret-of-the-check",
+}
+out = subprocess.run(
+    [BINARY, "--config", "deploy/production.example.toml", "config"],
+    capture_output=True,
+    text=True,
+    env=example,
+)
+if out.returncode != 0:
+    fail(f"deploy/production.example.toml: {out.stderr.strip()}")
+else:
+    print("[manifests] deploy/production.example.toml is a valid production configuration")
 
 sys.exit(1 if failures else 0)

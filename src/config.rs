@@ -79,6 +79,11 @@ pub struct Settings {
     /// `/readyz`), e.g. `0.0.0.0:9091`; empty for none. `serve` and `all` serve the same paths on
     /// `serve.listen`.
     pub metrics_listen: String,
+    /// After SIGTERM or SIGINT, the most the whole process takes to stop, in milliseconds:
+    /// longer than every drain (`serve.shutdown_timeout_ms`, `worker.shutdown_timeout_ms`) and
+    /// shorter than the orchestrator's grace period (Kubernetes: 30 s by default). Past it the
+    /// process exits with status 1; what it was still doing is redelivered by RabbitMQ.
+    pub shutdown_deadline_ms: u64,
     /// `AIRCALL_INGEST_*` variables that are not settings (Kubernetes, for one, sets
     /// `AIRCALL_INGEST_SERVICE_HOST` and friends for a Service of that name). Ignored, and
     /// reported at start so a typo does not go unnoticed.
@@ -336,6 +341,7 @@ impl Default for Settings {
             reconcile: ReconcileSettings::default(),
             log: LogSettings::default(),
             metrics_listen: String::new(),
+            shutdown_deadline_ms: 28_000,
             ignored_env: Vec::new(),
         }
     }
@@ -471,6 +477,13 @@ impl ImportSettings {
         Duration::from_millis(self.pending_recheck_initial_ms)
             .saturating_mul(1 << checks.saturating_sub(1).min(20))
             .min(Duration::from_millis(self.pending_recheck_max_ms))
+    }
+}
+
+impl Settings {
+    /// See [`Settings::shutdown_deadline_ms`].
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown_deadline_ms)
     }
 }
 
@@ -775,6 +788,19 @@ impl Settings {
                     .all(|h| valid_host_pattern(h)),
             "import.recording_hosts",
             "must list host names such as `storage.example.com` or `*.example.com`".into(),
+        );
+        require(
+            &mut p,
+            (1_000..=3_600_000).contains(&self.shutdown_deadline_ms)
+                && self.shutdown_deadline_ms > self.serve.shutdown_timeout_ms
+                && self.shutdown_deadline_ms > self.worker.shutdown_timeout_ms,
+            "shutdown_deadline_ms",
+            format!(
+                "must be from 1000 to 3600000 and longer than serve.shutdown_timeout_ms ({}) and worker.shutdown_timeout_ms ({}), got {}",
+                self.serve.shutdown_timeout_ms,
+                self.worker.shutdown_timeout_ms,
+                self.shutdown_deadline_ms
+            ),
         );
         require(
             &mut p,

@@ -21,11 +21,21 @@ async fn main() -> ExitCode {
         tracing::warn!(variable = %name, "ignoring an AIRCALL_INGEST_ variable that is not a setting");
     }
     let cancel = shutdown::on_signals();
-    match app::run(cli.command, settings, cancel).await {
-        Ok(code) => code,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "stopped on an error");
-            eprintln!("error: {e:#}");
+    let deadline = settings.shutdown_deadline();
+    tokio::select! {
+        result = app::run(cli.command, settings, cancel.clone()) => match result {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "stopped on an error");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        () = shutdown::deadline(&cancel, deadline) => {
+            tracing::error!(
+                deadline_ms = deadline.as_millis() as u64,
+                "shutdown took longer than shutdown_deadline_ms; exiting (unfinished jobs go back to RabbitMQ)"
+            );
             ExitCode::FAILURE
         }
     }

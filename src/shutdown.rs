@@ -16,6 +16,12 @@ pub fn on_signals() -> CancellationToken {
     token
 }
 
+/// Fires `deadline` after `cancel` fired: the bound on the whole shutdown.
+pub async fn deadline(cancel: &CancellationToken, deadline: std::time::Duration) {
+    cancel.cancelled().await;
+    tokio::time::sleep(deadline).await;
+}
+
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};

@@ -187,3 +187,93 @@ async fn the_worker_listener_is_ready_only_with_redis_and_rabbitmq_and_recovers(
     probes.stopped().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_hangs_ends_at_the_deadline() {
+    // RabbitMQ stops answering (frozen, not closed): closing the connection would wait.
+    let real = |url: &str| -> std::net::SocketAddr {
+        let url = url::Url::parse(url).unwrap();
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+            .parse()
+            .unwrap()
+    };
+    let broker = FaultProxy::start(real(AMQP)).await;
+    let settings = crate::helpers::service_settings("deadline");
+    let mut amqp = broker.url("amqp", "/%2f");
+    amqp.set_username("guest").unwrap();
+    amqp.set_password(Some("guest")).unwrap();
+    let log =
+        std::env::temp_dir().join(format!("aircall-ingest-deadline-{}.log", fastrand::u32(..)));
+    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_aircall-ingest"))
+        .arg("worker")
+        .env("AIRCALL_INGEST_MODE", "development")
+        .env("AIRCALL_INGEST_AMQP_URL", amqp.as_str())
+        .env(
+            "AIRCALL_INGEST_REDIS_KEY_PREFIX",
+            &settings.redis_key_prefix,
+        )
+        .env("AIRCALL_INGEST_QUEUE__PREFIX", &settings.queue.prefix)
+        .env("AIRCALL_INGEST_WORKER__SHUTDOWN_TIMEOUT_MS", "200")
+        .env("AIRCALL_INGEST_SERVE__SHUTDOWN_TIMEOUT_MS", "200")
+        .env("AIRCALL_INGEST_SHUTDOWN_DEADLINE_MS", "1000")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut worker = Child(worker);
+    // Consuming (the topology is declared), then the broker freezes.
+    let import = settings.queue.prefix.clone() + ".import";
+    assert!(
+        eventually_async(Duration::from_secs(20), || async {
+            let amqp = crate::helpers::amqp().await;
+            let declared = amqp
+                .channel
+                .queue_declare(
+                    import.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await;
+            amqp.close().await;
+            declared.is_ok_and(|q| q.consumer_count() == 1)
+        })
+        .await,
+        "the worker consumes: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    broker.freeze();
+
+    let signalled = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &worker.0.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(10), || {
+        worker.0.try_wait().unwrap().is_some()
+    })
+    .await;
+
+    assert!(exited);
+    let took = signalled.elapsed();
+    let status = worker.0.wait().unwrap();
+    // The drain cannot finish (closing the frozen connection waits): the deadline ends it.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    assert_eq!(status.code(), Some(1));
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logs.contains("shutdown took longer than shutdown_deadline_ms"),
+        "{logs}"
+    );
+    broker.restore();
+    let _ = std::fs::remove_file(&log);
+    let ctx = aircall_ingest::app::Context::new(settings).unwrap();
+    let _ = ctx.broker.connect().await;
+    TestApp::adopt(ctx, CancellationToken::new()).stop().await;
+}
