@@ -32,6 +32,9 @@ pub const RECORDING_BYTES: &str = "aircall_ingest_recording_bytes_total";
 pub const RECORDING_SIZE: &str = "aircall_ingest_recording_size_bytes";
 /// How long the job a worker took last had waited since it was accepted.
 pub const JOB_AGE: &str = "aircall_ingest_job_age_seconds";
+/// When a worker last took a job (Unix seconds): `time() - this` grows while workers are stuck
+/// with jobs waiting, when the age above stands still.
+pub const JOB_TAKEN_AT: &str = "aircall_ingest_job_taken_timestamp_seconds";
 /// Aircall API requests (every attempt), by `endpoint` and `status` (HTTP status, or `error`).
 pub const AIRCALL_REQUESTS: &str = "aircall_ingest_aircall_requests_total";
 /// Waits for a company's shared rate-limit budget (the sum is the time spent waiting).
@@ -121,6 +124,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "Waits for a company's shared rate-limit budget"
     );
+    describe_gauge!(
+        JOB_TAKEN_AT,
+        metrics::Unit::Seconds,
+        "When a worker last took a job (Unix time)"
+    );
     describe_gauge!(SPOOL_JOBS, "Jobs in the Redis spool");
     describe_gauge!(QUEUE_MESSAGES, "Messages in a queue");
     describe_counter!(RECONCILE_RUNS, "Reconciliation passes, by result");
@@ -170,6 +178,10 @@ pub fn imported(elapsed: Duration) {
 /// The age of the job a worker just took.
 pub fn job_taken(age: Duration) {
     gauge!(JOB_AGE).set(age.as_secs_f64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(JOB_TAKEN_AT).set(now.as_secs_f64());
 }
 
 /// One Aircall request attempt and what came of it (an HTTP status, or `None` for no answer).
@@ -204,18 +216,23 @@ const SAMPLE_WAIT: Duration = Duration::from_secs(2);
 
 impl Sampler {
     async fn sample(&self) {
-        if let Some(spool) = &self.spool
-            && let Ok(Ok(depth)) = tokio::time::timeout(SAMPLE_WAIT, spool.depth()).await
-        {
-            gauge!(SPOOL_JOBS).set(depth as f64);
+        // A figure that cannot be read now is NaN, not the last one read: an outage must not
+        // show old numbers as current.
+        if let Some(spool) = &self.spool {
+            let depth = match tokio::time::timeout(SAMPLE_WAIT, spool.depth()).await {
+                Ok(Ok(depth)) => depth as f64,
+                _ => f64::NAN,
+            };
+            gauge!(SPOOL_JOBS).set(depth);
         }
         let names = self.broker.names();
         for (label, queue) in [("import", &names.import), ("dead", &names.dead)] {
-            if let Ok(Ok(depth)) =
-                tokio::time::timeout(SAMPLE_WAIT, self.broker.queue_depth(queue)).await
-            {
-                gauge!(QUEUE_MESSAGES, "queue" => label).set(f64::from(depth));
-            }
+            let depth =
+                match tokio::time::timeout(SAMPLE_WAIT, self.broker.queue_depth(queue)).await {
+                    Ok(Ok(depth)) => f64::from(depth),
+                    _ => f64::NAN,
+                };
+            gauge!(QUEUE_MESSAGES, "queue" => label).set(depth);
         }
     }
 }

@@ -213,6 +213,7 @@ async fn settle(importer: &Importer, delivery: Delivery) {
         Ok(Message::ImportCall(job)) => job,
         Err(e) => {
             error!(error = %e, "unreadable message; dead-lettered by RabbitMQ");
+            crate::metrics::job("dead_lettered", "unreadable");
             let reject = BasicNackOptions {
                 requeue: false,
                 ..BasicNackOptions::default()
@@ -246,6 +247,7 @@ async fn settle(importer: &Importer, delivery: Delivery) {
         let settled = match processed {
             Err(_) => {
                 error!("the import panicked; giving the job back");
+                crate::metrics::job("requeued", "panic");
                 false
             }
             Ok(Ok(Report::Requeue(e))) => {
