@@ -1267,7 +1267,7 @@ async fn a_connect_import_disconnect_cycle_logs_no_secret() {
         .spawn()
         .unwrap();
     // Killed if the test fails before it stops the service itself.
-    let mut service = KillOnDrop(service);
+    let mut service = crate::helpers::KillOnDrop(service);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     assert!(
@@ -1355,16 +1355,6 @@ async fn a_connect_import_disconnect_cycle_logs_no_secret() {
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&log_path);
-}
-
-/// A child process killed when the test ends, passed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,6 @@
 //! durable job, what is refused says why and leaves nothing behind, and a broker outage costs
 //! nothing but a detour through the spool.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::CallId;
@@ -337,16 +336,9 @@ async fn app_through(test: &str, amqp: Option<&FaultProxy>, redis: Option<&Fault
     app
 }
 
-fn real(addr: &str) -> SocketAddr {
-    let url = url::Url::parse(addr).unwrap();
-    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_rabbitmq_is_down_jobs_are_spooled_and_reach_the_queue_exactly_once_after() {
-    let broker = FaultProxy::start(real(AMQP)).await;
+    let broker = FaultProxy::start(crate::helpers::server_addr(AMQP)).await;
     let app = app_through("outage", Some(&broker), None).await;
     assert!(app.ctx.broker.is_connected());
 
@@ -410,7 +402,7 @@ async fn while_rabbitmq_is_down_jobs_are_spooled_and_reach_the_queue_exactly_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_hangs_costs_one_confirm_deadline_then_the_spool() {
-    let broker = FaultProxy::start(real(AMQP)).await;
+    let broker = FaultProxy::start(crate::helpers::server_addr(AMQP)).await;
     let app = app_through("hang", Some(&broker), None).await;
 
     broker.freeze();
@@ -448,8 +440,8 @@ async fn a_broker_that_hangs_costs_one_confirm_deadline_then_the_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_and_rabbitmq_both_down_the_answer_is_503_within_the_deadline() {
-    let broker = FaultProxy::start(real(AMQP)).await;
-    let store = FaultProxy::start(real(REDIS)).await;
+    let broker = FaultProxy::start(crate::helpers::server_addr(AMQP)).await;
+    let store = FaultProxy::start(crate::helpers::server_addr(REDIS)).await;
     let app = app_through("bothdown", Some(&broker), Some(&store)).await;
     // Once while everything is up, so the connection's fingerprint is cached, as in production.
     assert_eq!(app.post("acme", &call_ended(1, TOKEN)).await.status(), 200);
@@ -477,8 +469,8 @@ async fn with_redis_and_rabbitmq_both_down_the_answer_is_503_within_the_deadline
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_and_rabbitmq_both_hanging_the_answer_still_comes_within_the_budget() {
-    let broker = FaultProxy::start(real(AMQP)).await;
-    let store = FaultProxy::start(real(REDIS)).await;
+    let broker = FaultProxy::start(crate::helpers::server_addr(AMQP)).await;
+    let store = FaultProxy::start(crate::helpers::server_addr(REDIS)).await;
     let app = app_through("bothhang", Some(&broker), Some(&store)).await;
     assert_eq!(app.post("acme", &call_ended(1, TOKEN)).await.status(), 200);
 
@@ -504,7 +496,7 @@ async fn with_redis_and_rabbitmq_both_hanging_the_answer_still_comes_within_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_redis_costs_a_known_connection_nothing_but_the_redelivery_check() {
-    let store = FaultProxy::start(real(REDIS)).await;
+    let store = FaultProxy::start(crate::helpers::server_addr(REDIS)).await;
     let app = app_through("redishang", None, Some(&store)).await;
     // Once while Redis answers, so the connection's fingerprint is cached, as in production.
     assert_eq!(app.post("acme", &call_ended(1, TOKEN)).await.status(), 200);
@@ -536,8 +528,8 @@ async fn a_hanging_redis_costs_a_known_connection_nothing_but_the_redelivery_che
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_each_dependency_and_recovers_without_a_restart() {
-    let broker = FaultProxy::start(real(AMQP)).await;
-    let store = FaultProxy::start(real(REDIS)).await;
+    let broker = FaultProxy::start(crate::helpers::server_addr(AMQP)).await;
+    let store = FaultProxy::start(crate::helpers::server_addr(REDIS)).await;
     let app = app_through("ready", Some(&broker), Some(&store)).await;
     let readyz = || async {
         let response = reqwest::get(format!("{}/readyz", app.url)).await.unwrap();

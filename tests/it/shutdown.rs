@@ -8,19 +8,11 @@ use aircall_ingest::sim::{AudioKind, audio_sha256};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{AMQP, REDIS, TestApp, eventually, eventually_async, roomy_sim};
+use crate::helpers::{
+    AMQP, KillOnDrop, REDIS, TestApp, eventually, eventually_async, roomy_sim, server_addr,
+};
 use crate::proxy::FaultProxy;
 use crate::worker::Harness;
-
-/// A child process killed when the test ends, passed or not.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_import_stops_the_worker_in_time_and_loses_nothing() {
@@ -65,7 +57,7 @@ async fn sigterm_during_an_import_stops_the_worker_in_time_and_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut worker = Child(worker);
+    let mut worker = KillOnDrop(worker);
     // A recording large enough to be in flight when the signal comes.
     let bytes = 150_000_000;
     let call = h.add_call(&h.call(bytes));
@@ -134,14 +126,8 @@ async fn sigterm_during_an_import_stops_the_worker_in_time_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_listener_is_ready_only_with_redis_and_rabbitmq_and_recovers() {
-    let real = |url: &str| -> std::net::SocketAddr {
-        let url = url::Url::parse(url).unwrap();
-        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
-            .parse()
-            .unwrap()
-    };
-    let broker = FaultProxy::start(real(AMQP)).await;
-    let store = FaultProxy::start(real(REDIS)).await;
+    let broker = FaultProxy::start(server_addr(AMQP)).await;
+    let store = FaultProxy::start(server_addr(REDIS)).await;
     let mut settings = crate::helpers::service_settings("probes-ready");
     let mut amqp = broker.url("amqp", "/%2f");
     amqp.set_username("guest").unwrap();
@@ -191,13 +177,7 @@ async fn the_worker_listener_is_ready_only_with_redis_and_rabbitmq_and_recovers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_that_hangs_ends_at_the_deadline() {
     // RabbitMQ stops answering (frozen, not closed): closing the connection would wait.
-    let real = |url: &str| -> std::net::SocketAddr {
-        let url = url::Url::parse(url).unwrap();
-        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
-            .parse()
-            .unwrap()
-    };
-    let broker = FaultProxy::start(real(AMQP)).await;
+    let broker = FaultProxy::start(server_addr(AMQP)).await;
     let settings = crate::helpers::service_settings("deadline");
     let mut amqp = broker.url("amqp", "/%2f");
     amqp.set_username("guest").unwrap();
@@ -221,7 +201,7 @@ async fn a_shutdown_that_hangs_ends_at_the_deadline() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut worker = Child(worker);
+    let mut worker = KillOnDrop(worker);
     // Consuming (the topology is declared), then the broker freezes.
     let import = settings.queue.prefix.clone() + ".import";
     assert!(
