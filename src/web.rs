@@ -119,9 +119,28 @@ pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a body of at most `limit` bytes: 413 `payload_too_large` beyond, whether announced
-/// by `Content-Length` or not.
+/// Reads a body of at most `limit` bytes within `deadline`: 413 `payload_too_large` beyond the
+/// limit, whether announced by `Content-Length` or not; 408 `request_timeout` when the body does
+/// not arrive in time (a client that announces a body and sends it slowly, or never, must not
+/// hold a connection).
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<BytesMut, ApiError> {
+    tokio::time::timeout(deadline, read_body_unbounded(req, payload, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the body did not arrive in time",
+            ))
+        })
+}
+
+async fn read_body_unbounded(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

@@ -46,6 +46,9 @@ pub use views::*;
 /// Largest admin request body (a paying-users list of ~10,000 emails fits).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The most a client may take to send an admin request's body.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Most dead letters one request reads (and holds unacked while it runs).
 const DEAD_LETTER_SCAN: u32 = 10_000;
 
@@ -254,6 +257,7 @@ impl Modify for StandardErrors {
             ("401", "Missing or wrong admin token."),
             ("413", "The body is over 1 MiB."),
             ("415", "The body is not application/json."),
+            ("408", "The body did not arrive within 10 s."),
             ("500", "An unexpected failure (logged with its cause)."),
             (
                 "503",
@@ -280,7 +284,7 @@ impl Modify for StandardErrors {
             {
                 let has_body = operation.request_body.is_some();
                 for (status, description) in standard {
-                    if !has_body && (status == "413" || status == "415") {
+                    if !has_body && (status == "408" || status == "413" || status == "415") {
                         continue;
                     }
                     operation
@@ -354,7 +358,7 @@ async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
 ) -> Result<T, ApiError> {
     crate::web::require_json(req)?;
-    let body = crate::web::read_body(req, payload, MAX_BODY_BYTES).await?;
+    let body = crate::web::read_body(req, payload, MAX_BODY_BYTES, BODY_DEADLINE).await?;
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

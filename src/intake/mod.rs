@@ -202,7 +202,8 @@ impl Intake {
         })?;
         let unknown = || ApiError::not_found("unknown_connection", "no connection has this id");
         let id = ConnectionId::parse(connection).map_err(|_| unknown())?;
-        let body = crate::web::read_body(req, payload, self.settings.max_body_bytes).await?;
+        let body =
+            crate::web::read_body(req, payload, self.settings.max_body_bytes, left()).await?;
         let fingerprint = match self.connections.webhook_fingerprint(&id, left() / 2).await {
             Ok(Some(fingerprint)) => fingerprint,
             Ok(None) => return Err(unknown()),

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod disruptive;
 mod helpers;
+mod hostile;
 mod intake;
 mod metrics;
 mod proxy;
