@@ -22,6 +22,9 @@ use super::{Broker, JobFailure, Message, PublishError, Trigger};
 use crate::aircall::CallId;
 use crate::import::lease::{Lease, Leases};
 
+/// How long a read waits for messages an earlier reader gave back to be in the queue again.
+const RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a reader waits for another one to finish.
 const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -244,6 +247,8 @@ struct Reader {
     channel: Channel,
     queue: String,
     total: u32,
+    /// Messages read so far.
+    read: u32,
     /// The latest message held (delivery tags grow, so nacking it with `multiple` gives back
     /// every message held).
     last_held: Option<BasicGetMessage>,
@@ -274,19 +279,31 @@ impl Reader {
             channel,
             queue,
             total,
+            read: 0,
             last_held: None,
         })
     }
 
-    /// The next message, unacked: the caller acks it or [`Reader::hold`]s it.
+    /// The next message, unacked: the caller acks it or [`Reader::hold`]s it. Messages the
+    /// previous reader gave back reach the queue again a moment after its nack (quorum queues
+    /// apply it through their log): an empty answer is retried briefly while the queue's count
+    /// says there is more, so a listing right after another does not come out short.
     async fn next(&mut self) -> Result<Option<BasicGetMessage>, PublishError> {
-        Ok(self
-            .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?)
+        let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+        loop {
+            let got = self
+                .channel
+                .basic_get(
+                    self.queue.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?;
+            if got.is_some() || self.read >= self.total || tokio::time::Instant::now() >= deadline {
+                self.read += u32::from(got.is_some());
+                return Ok(got);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Keeps `message` in the queue (given back at the end).
