@@ -207,7 +207,9 @@ pub struct WebhookInfo {
 /// Requests a company's API received.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RequestStats {
-    /// Authenticated API requests per endpoint, 429s and injected faults included.
+    /// Authenticated API requests per endpoint, 429s and injected faults included; recording
+    /// downloads as `download_{kind}`, and those a fault cut short also as
+    /// `download_{kind}_cut_short`.
     pub by_endpoint: BTreeMap<String, u64>,
     /// Authenticated API requests per answer status.
     pub by_status: BTreeMap<u16, u64>,

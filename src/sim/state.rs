@@ -997,6 +997,13 @@ impl SimState {
         let chunked = c.without_content_length;
         let cut_after = (data.rng.f64() < faults.truncate_recording_share && audio.bytes > 1)
             .then(|| audio.bytes / 4 + data.rng.u64(0..audio.bytes / 2 + 1));
+        if cut_after.is_some() {
+            *data
+                .stats
+                .by_endpoint
+                .entry(format!("download_{}_cut_short", kind.path_segment()))
+                .or_default() += 1;
+        }
         Ok(Download {
             source: AudioSource::new(call, kind, audio.bytes),
             chunked,
