@@ -15,8 +15,11 @@ if ! command -v moto_server >/dev/null 2>&1; then
     || python3 -m pip install --quiet --user --break-system-packages 'moto[server]'
 fi
 cargo test --locked "$@"
-# Then, alone, the tests that stop the real RabbitMQ (they would disturb the others).
-cargo test --locked --test it -- --ignored --test-threads=1
+# Then, alone, the tests that stop the real RabbitMQ (they would disturb the others)…
+cargo test --locked --test it -- --ignored --test-threads=1 --skip chaos::
+# …and a shortened chaos run (150 s of traffic; deploy/local/chaos.sh runs the full one), its
+# report printed.
+CHAOS_SECONDS=${CHAOS_SECONDS:-150} cargo test --locked --test it chaos:: -- --ignored --nocapture
 # Finally the admin API against its own OpenAPI document: no 5xx, every answer as documented.
 deploy/local/schemathesis.sh 50
 # And the deployment files: Kubernetes schemas, the overlays, every variable a real setting.

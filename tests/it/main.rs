@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod chaos;
 mod client;
 mod config;
 mod disruptive;
@@ -14,6 +15,7 @@ mod proxy;
 mod rate_limit;
 mod reconcile;
 mod s3;
+mod security;
 mod shutdown;
 mod simulator;
 mod spool;
