@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# The benchmarks, with RabbitMQ and Redis started first. Usage: deploy/local/bench.sh [BENCH...]
-# (default: every benchmark in Cargo.toml: intake, import, reconcile). Results are printed as
-# Markdown tables for BENCHMARKS.md. The import benchmark also starts the release
-# `aircall-ingest worker`, which cargo builds with it, and writes up to a few GB under target/tmp
-# (removed afterwards). The reconcile benchmark counts Aircall requests against the bundled
-# simulator (about 4 minutes, one of them waiting on a real 60-a-minute budget) and writes a few
-# hundred MB under target/tmp (removed afterwards).
+# Every figure of BENCHMARKS.md, rerun: RabbitMQ and Redis are started first, then each named
+# benchmark in turn. Usage: deploy/local/bench.sh [NAME...]; with no name, all of them, in this
+# order (about an hour on a 2-core machine):
+#
+#   intake      benches/intake.rs: webhook intake against raw-broker and bare-HTTP baselines
+#   import      benches/import.rs: recording imports against raw downloads; the release worker's
+#               memory (writes up to a few GB under target/tmp, removed afterwards)
+#   reconcile   benches/reconcile.rs: Aircall requests per pass and per busy day (about 4 min, one
+#               of them waiting on a real 60-a-minute budget)
+#   chaos       deploy/local/chaos.sh: 600 s of traffic through faults and restarts, the truth
+#               compared with what was stored (restarts this machine's RabbitMQ)
+#   outage      a 60 s RabbitMQ outage under 200 webhooks/s: answers per phase, spool drain time
+#               (stops this machine's RabbitMQ)
+#
+# Results are printed as Markdown tables; BENCHMARKS.md says which machine and commit each
+# figure came from.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh
 if [ "$#" -eq 0 ]; then
-  cargo bench --locked
-else
-  for bench in "$@"; do cargo bench --locked --bench "$bench"; done
+  set -- intake import reconcile chaos outage
 fi
+for bench in "$@"; do
+  echo "[bench] $bench" >&2
+  case "$bench" in
+    chaos) deploy/local/chaos.sh "${CHAOS_SECONDS:-600}" ;;
+    outage)
+      OUTAGE_SECONDS=${OUTAGE_SECONDS:-60} cargo test --locked --test it -- --ignored --exact \
+        --nocapture disruptive::a_broker_outage_under_steady_webhook_traffic_is_answered_2xx_throughout
+      ;;
+    *) cargo bench --locked --bench "$bench" ;;
+  esac
+done

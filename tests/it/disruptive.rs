@@ -130,7 +130,7 @@ async fn the_worker_consumes_again_after_a_real_rabbitmq_restart_with_its_prefet
 }
 
 /// Broker outage at the door (a figure of BENCHMARKS.md): webhooks keep coming at a steady rate
-/// while RabbitMQ is down for `OUTAGE_SECONDS` (default 20; `deploy/local/outage.sh` runs 60).
+/// while RabbitMQ is down for `OUTAGE_SECONDS` (default 20; `deploy/local/bench.sh outage` runs 60).
 /// Every one must still be answered 2xx (the spool holds the jobs), and every accepted job must
 /// reach the import queue once RabbitMQ is back. Prints the answers per phase and how long the
 /// spool took to drain.
