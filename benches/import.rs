@@ -34,9 +34,11 @@
 // A benchmark may stop at the first broken assumption.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use common::{Process, env_number, machine, now_ms};
+
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const CONNECTION: &str = "bench";
 /// The unit of every size here, as `import.max_recording_bytes` counts a megabyte.
@@ -74,17 +78,6 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const LARGEST_RECORDING_BYTES: u64 = 200 * MB;
 /// How long the worker process gets for its 8 imports before the bench gives up.
 const MEMORY_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
 
 /// Cumulative CPU ticks of the whole machine (`/proc/stat`) and of this process
 /// (`/proc/self/stat`), to say how busy a phase kept the two cores.
@@ -594,67 +587,6 @@ impl Bench {
     }
 }
 
-/// `VmHWM` of a process: its peak resident set so far, in bytes.
-fn peak_resident_bytes(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-/// The worker process; killed if the bench fails before stopping it.
-struct WorkerProcess(Option<Child>);
-
-impl WorkerProcess {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-
-    /// Panics if the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(child) = self.0.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            self.0 = None;
-            panic!("the worker exited early with {status}");
-        }
-    }
-
-    /// SIGTERM, then up to 15 s for a clean exit, then SIGKILL.
-    async fn stop(mut self) {
-        let Some(mut child) = self.0.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                if !status.success() {
-                    eprintln!("  the worker exited with {status}");
-                }
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        eprintln!("  the worker did not stop within 15 s of SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The bench's output directory, removed when dropped (a failed bench too).
 struct Scratch(PathBuf);
 
@@ -698,7 +630,7 @@ async fn memory_phase(sim: &RunningSimulator, company: &CompanyInfo, scratch: &P
         .stdout(Stdio::null())
         .spawn()
         .expect("aircall-ingest worker");
-    let mut worker = WorkerProcess(Some(child));
+    let mut worker = Process::new("the worker", child);
     let pid = worker.pid();
 
     // Idle: started, connected, consuming the import queue.
@@ -733,7 +665,7 @@ async fn memory_phase(sim: &RunningSimulator, company: &CompanyInfo, scratch: &P
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_hwm = peak_resident_bytes(pid).expect("the worker's /proc status");
+    let idle_hwm = common::proc_status_bytes(pid, "VmHWM").expect("the worker's /proc status");
 
     let jobs = service.jobs(&ids).await;
     eprintln!(
@@ -780,7 +712,7 @@ async fn memory_phase(sim: &RunningSimulator, company: &CompanyInfo, scratch: &P
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    let peak_hwm = peak_resident_bytes(pid).expect("the worker's /proc status");
+    let peak_hwm = common::proc_status_bytes(pid, "VmHWM").expect("the worker's /proc status");
     worker.stop().await;
     service.clean_up().await;
     Memory {
@@ -810,50 +742,6 @@ fn per_core_references() -> (f64, f64) {
     std::hint::black_box(hasher.finalize());
     let hash = bytes as f64 / MB as f64 / started.elapsed().as_secs_f64();
     (hash, generate)
-}
-
-/// The commit measured, and whether the work tree differs from it.
-fn revision() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(commit) => {
-            match git(&["status", "--porcelain", "--untracked-files=no", "--", "src"]) {
-                Some(changes) if !changes.is_empty() => {
-                    format!("commit {commit} + changes to src/")
-                }
-                _ => format!("commit {commit}"),
-            }
-        }
-        None => String::from("commit unknown"),
-    }
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map_or("unknown CPU", |v| v.trim_start_matches([' ', '\t', ':']));
-    let memory_gib = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0.0, |kb| kb as f64 / (1024.0 * 1024.0));
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
-    format!(
-        "{cores} CPUs ({model}), {memory_gib:.0} GiB RAM, {date}, {}",
-        revision()
-    )
 }
 
 fn print_throughput(size: u64, calls: usize, results: &[(Phase, Vec<Run>)]) {

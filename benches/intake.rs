@@ -16,6 +16,8 @@
 // A benchmark may stop at the first broken assumption.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,41 +35,19 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
+use common::{CallEnded, env_number};
+
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const TOKEN: &str = "bench-webhook-token-0123456789";
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A realistic `call.ended` body (about 2 KB), distinct per call id.
+/// A realistic `call.ended` body, distinct per call id (the shape `benches/load.rs` sends too).
 fn body(call_id: u64) -> Vec<u8> {
-    serde_json::json!({
-        "resource": "call", "event": "call.ended", "timestamp": 1_735_733_055, "token": TOKEN,
-        "data": {
-            "id": call_id, "call_uuid": format!("CA{call_id:032x}"),
-            "direct_link": format!("https://api.aircall.io/v1/calls/{call_id}"),
-            "direction": "inbound", "status": "done", "missed_call_reason": null,
-            "started_at": 1_735_732_800, "answered_at": 1_735_732_809, "ended_at": 1_735_733_025,
-            "duration": 225, "raw_digits": "+33 6 12 34 56 78",
-            "recording": format!("https://storage.example/calls/{call_id}/recording.mp3?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261129T062800Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=15af092d551f4694b37d01517aa6d5aa46b143eb5ba8098d41021b5ff7cf0690"),
-            "voicemail": null, "asset": format!("https://assets.aircall.io/calls/{call_id}/recording"),
-            "archived": false,
-            "number": {"id": 1234, "direct_link": "https://api.aircall.io/v1/numbers/1234", "name": "Support FR",
-                       "digits": "+33 1 76 11 11 11", "e164_digits": "+33176111111", "country": "FR", "time_zone": "Europe/Paris"},
-            "user": {"id": 456, "direct_link": "https://api.aircall.io/v1/users/456", "name": "John Doe",
-                     "email": "john.doe@example.com", "available": true, "availability_status": "available", "substatus": "always_open"},
-            "contact": {"id": 99, "first_name": "Ada", "last_name": "Lovelace", "company_name": "Analytical Engines",
-                        "phone_numbers": [{"id": 100, "label": "Work", "value": "+33 6 12 34 56 78"}], "emails": []},
-            "assigned_to": null, "teams": [], "transferred_by": null, "transferred_to": null,
-            "comments": [], "tags": [], "participants": []
-        }
+    common::call_ended(CallEnded {
+        call_id,
+        token: TOKEN,
+        ended_at: 1_735_733_025,
+        agent_email: "john.doe@example.com",
     })
-    .to_string()
-    .into_bytes()
 }
 
 /// Latencies of one phase, in microseconds.
@@ -84,13 +64,9 @@ impl Phase {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[index] as f64 / 1000.0
+        common::percentile_ms(&sorted, p)
     }
     fn row(&self, baseline: Option<&Phase>) -> String {
         let share = baseline.map_or(String::from("—"), |b| {

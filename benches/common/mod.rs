@@ -1,0 +1,221 @@
+//! What several benchmarks share: environment knobs, the realistic `call.ended` body, latency
+//! percentiles, the release `aircall-ingest` processes they start and read `/proc` of, and the
+//! line that says which machine and commit a run measured.
+//!
+//! Each benchmark is its own crate and uses a part of this module.
+#![allow(dead_code)]
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A number from the environment, else `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// What varies between `call.ended` bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct CallEnded<'a> {
+    pub call_id: u64,
+    /// The webhook's token.
+    pub token: &'a str,
+    /// When the call ended (Unix seconds); it started 225 s before, the event is sent 30 s
+    /// after and the recording URL is signed then, valid for an hour.
+    pub ended_at: i64,
+    pub agent_email: &'a str,
+}
+
+/// A realistic `call.ended` body (about 1.4 KB), as Aircall sends it: envelope, call, agent,
+/// line, contact, signed recording URL.
+pub fn call_ended(call: CallEnded<'_>) -> Vec<u8> {
+    let CallEnded {
+        call_id,
+        token,
+        ended_at,
+        agent_email,
+    } = call;
+    let started_at = ended_at - 225;
+    let sent_at = ended_at + 30;
+    let amz_date = time::OffsetDateTime::from_unix_timestamp(sent_at)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "resource": "call", "event": "call.ended", "timestamp": sent_at, "token": token,
+        "data": {
+            "id": call_id, "call_uuid": format!("CA{call_id:032x}"),
+            "direct_link": format!("https://api.aircall.io/v1/calls/{call_id}"),
+            "direction": "inbound", "status": "done", "missed_call_reason": null,
+            "started_at": started_at, "answered_at": started_at + 9, "ended_at": ended_at,
+            "duration": 225, "raw_digits": "+33 6 12 34 56 78",
+            "recording": format!("https://storage.example/calls/{call_id}/recording.mp3?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={amz_date}&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=15af092d551f4694b37d01517aa6d5aa46b143eb5ba8098d41021b5ff7cf0690"),
+            "voicemail": null, "asset": format!("https://assets.aircall.io/calls/{call_id}/recording"),
+            "archived": false,
+            "number": {"id": 1234, "direct_link": "https://api.aircall.io/v1/numbers/1234", "name": "Support FR",
+                       "digits": "+33 1 76 11 11 11", "e164_digits": "+33176111111", "country": "FR", "time_zone": "Europe/Paris"},
+            "user": {"id": 456, "direct_link": "https://api.aircall.io/v1/users/456", "name": "John Doe",
+                     "email": agent_email, "available": true, "availability_status": "available", "substatus": "always_open"},
+            "contact": {"id": 99, "first_name": "Ada", "last_name": "Lovelace", "company_name": "Analytical Engines",
+                        "phone_numbers": [{"id": 100, "label": "Work", "value": "+33 6 12 34 56 78"}], "emails": []},
+            "assigned_to": null, "teams": [], "transferred_by": null, "transferred_to": null,
+            "comments": [], "tags": [], "participants": []
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The `p` quantile (0 to 1) of latencies in microseconds, sorted ascending, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[index] as f64 / 1000.0
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS`, `VmHWM`…), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// A process the benchmark started (the release `aircall-ingest`); killed if the benchmark
+/// fails before stopping it.
+pub struct Process {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn new(name: &'static str, child: Child) -> Self {
+        Self {
+            name,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `Err` with how it ended if the process has exited.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            return Err(format!("{} exited early with {status}", self.name));
+        }
+        if self.child.is_none() {
+            return Err(format!("{} is not running", self.name));
+        }
+        Ok(())
+    }
+
+    /// Panics if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Err(e) = self.check_running() {
+            panic!("{e}");
+        }
+    }
+
+    /// SIGTERM, then up to 15 s for a clean exit, then SIGKILL. Whether it exited cleanly
+    /// (status 0) within the 15 s.
+    pub async fn stop(mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    eprintln!("  {} exited with {status}", self.name);
+                }
+                return status.success();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "  {} did not stop within 15 s of SIGTERM; killing it",
+            self.name
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The commit measured, and whether `src/` differs from it.
+pub fn revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            match git(&["status", "--porcelain", "--untracked-files=no", "--", "src"]) {
+                Some(changes) if !changes.is_empty() => {
+                    format!("commit {commit} + changes to src/")
+                }
+                _ => format!("commit {commit}"),
+            }
+        }
+        None => String::from("commit unknown"),
+    }
+}
+
+/// CPUs, RAM, date and commit, for the line above a benchmark's tables.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("unknown CPU", |v| v.trim_start_matches([' ', '\t', ':']));
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0.0, |kb| kb as f64 / (1024.0 * 1024.0));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = time::OffsetDateTime::now_utc().date();
+    format!(
+        "{cores} CPUs ({model}), {memory_gib:.0} GiB RAM, {date}, {}",
+        revision()
+    )
+}
