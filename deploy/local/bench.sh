@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, rerun: RabbitMQ and Redis are started first, then each named
 # benchmark in turn. Usage: deploy/local/bench.sh [NAME...]; with no name, all of them, in this
-# order (about an hour on a 2-core machine):
+# order (about 80 minutes on a 2-core machine):
 #
 #   intake      benches/intake.rs: webhook intake against raw-broker and bare-HTTP baselines
 #   import      benches/import.rs: recording imports against raw downloads; the release worker's
 #               memory (writes up to a few GB under target/tmp, removed afterwards)
 #   reconcile   benches/reconcile.rs: Aircall requests per pass and per busy day (about 4 min, one
 #               of them waiting on a real 60-a-minute budget)
+#   load        benches/load.rs: the release serve and worker; the intake's peak, then half of it
+#               for 10 min (LOAD_SECONDS) while live calls' small recordings are imported: latency,
+#               memory trends, backlog (about 12 min, both cores; Redis grows by several hundred
+#               MB meanwhile, removed afterwards)
 #   chaos       deploy/local/chaos.sh: 600 s of traffic through faults and restarts, the truth
 #               compared with what was stored (restarts this machine's RabbitMQ)
 #   outage      a 60 s RabbitMQ outage under 200 webhooks/s: answers per phase, spool drain time
@@ -19,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh
 if [ "$#" -eq 0 ]; then
-  set -- intake import reconcile chaos outage
+  set -- intake import reconcile load chaos outage
 fi
 for bench in "$@"; do
   echo "[bench] $bench" >&2
