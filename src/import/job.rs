@@ -7,7 +7,9 @@
 //! 1. a call recorded `imported` (and announced) is done: nothing else happens;
 //! 2. the per-call lease: while another worker holds it, the job waits in a retry queue;
 //! 3. under the lease, the outcome is read again, then the call (the job's snapshot while its
-//!    recording URL is fresh, else `GET /v1/calls/:id`), then the rules;
+//!    recording URL is fresh, or whatever its age when it rules the call out for good — no
+//!    agent, an agent who does not pay, outside the window —, else `GET /v1/calls/:id`), then
+//!    the rules;
 //! 4. the recording streams to a temporary object, renamed only once complete; the metadata
 //!    document is written beside it;
 //! 5. the outcome `imported` is recorded, then `call.imported` is published with a confirm and
@@ -266,6 +268,24 @@ pub fn fresh_snapshot(job: &ImportJob, now_ms: i64, fresh_for: Duration) -> Opti
     (!expiring).then_some(call)
 }
 
+/// Whether the rules skip `call` for a reason no later look at the call can change: a finished
+/// call without an agent, taken by an agent who is not a paying user, or started before the
+/// window. A snapshot too old for its recording URL still decides such a call.
+pub fn skipped_whatever_the_recording(
+    call: &Call,
+    now_s: i64,
+    users: &rules::PayingUsers,
+    rules: &Rules,
+) -> bool {
+    call.status == Some(CallStatus::Done)
+        && matches!(
+            rules::decide(call, now_s, users, rules),
+            Decision::Skip(
+                SkipReason::NoUser | SkipReason::UserNotMatched | SkipReason::OutsideWindow
+            )
+        )
+}
+
 impl Importer {
     /// Runs `job` and settles it: retried, deferred or dead-lettered through RabbitMQ as its
     /// outcome requires. An `Err` means that settlement could not be published: the consumer
@@ -415,15 +435,23 @@ impl Importer {
             }
         }
 
-        let mut fetched = false;
-        let mut call = match fresh_snapshot(job, now_ms(), self.recording_url_fresh) {
-            Some(snapshot) => snapshot.clone(),
-            None => {
-                fetched = true;
-                self.fetch_call(connection, job.call_id).await?
-            }
-        };
         let users = self.connections.paying_users(id).await?;
+        let now = now_ms();
+        let mut fetched = false;
+        let mut call = match fresh_snapshot(job, now, self.recording_url_fresh) {
+            Some(snapshot) => snapshot.clone(),
+            None => match job.snapshot.as_ref().filter(|call| {
+                skipped_whatever_the_recording(call, now / 1000, &users, &self.rules)
+            }) {
+                // Asking Aircall again would change nothing: a backlog of such jobs must not
+                // cost the company's API budget one request each.
+                Some(snapshot) => snapshot.clone(),
+                None => {
+                    fetched = true;
+                    self.fetch_call(connection, job.call_id).await?
+                }
+            },
+        };
         let (recording_key, metadata_key) = metadata::storage_keys(id.as_str(), &call);
         // What a worker that died on this call left behind (the lease says nobody else writes).
         self.storage.clean_partials(&recording_key).await?;

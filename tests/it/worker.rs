@@ -876,6 +876,54 @@ async fn a_recording_url_on_another_host_is_never_fetched_and_aircall_is_asked_i
     h.stop().await;
 }
 
+/// Found by the sustained-load benchmark: a job that waited in a backlog longer than
+/// `import.recording_url_fresh_ms` was fetched from Aircall even when its snapshot alone rules
+/// the call out, so a backlog of such jobs cost a 60-a-minute budget one request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_snapshot_still_decides_a_call_its_recording_cannot_bring_in() {
+    let h = Harness::start("worker-old-skip", roomy_sim(), |_| {}).await;
+    let importer = h.importer();
+    let fetches = || {
+        h.sim
+            .state
+            .stats(h.company.id)
+            .unwrap()
+            .by_endpoint
+            .get("get_call")
+            .copied()
+            .unwrap_or(0)
+    };
+    let backlog_ms = 3_600_000;
+    let unpaid = h.add_call(&CallSpec {
+        agent_email: Some(h.unpaid_agent()),
+        ..h.call(10_000)
+    });
+    let mut job = h.jobs_of(unpaid, 1).await.remove(0);
+    job.received_at_ms -= backlog_ms;
+    let before = fetches();
+    let report = importer.process(job).await.unwrap();
+    assert!(
+        matches!(
+            report,
+            Report::Done(Handled::Skipped(SkipReason::UserNotMatched))
+        ),
+        "{report:?}"
+    );
+    assert_eq!(fetches(), before, "decided without asking Aircall");
+
+    // A call the recording decides is fetched again: the old link may be dead.
+    let paid = h.add_call(&h.call(10_000));
+    let mut job = h.jobs_of(paid, 1).await.remove(0);
+    job.received_at_ms -= backlog_ms;
+    let report = importer.process(job).await.unwrap();
+    assert!(
+        matches!(report, Report::Done(Handled::Imported)),
+        "{report:?}"
+    );
+    assert_eq!(fetches(), before + 1, "the call was fetched once");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skip_for_an_unpaid_agent_is_decided_again_once_the_agent_pays() {
     let h = Harness::start("worker-users", roomy_sim(), |_| {}).await;
