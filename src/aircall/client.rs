@@ -354,16 +354,7 @@ impl AircallClient {
     async fn get_json<T: DeserializeOwned>(&self, request: Request<'_>) -> Result<T, AircallError> {
         let endpoint = request.endpoint;
         let body = self.send(request).await?;
-        // The reason names the place, never the content: bodies may hold tokens.
-        serde_json::from_slice(&body).map_err(|e| AircallError::Malformed {
-            endpoint,
-            reason: format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
-        })
+        parse_answer(endpoint, &body)
     }
 
     /// Sends one request with the budget, retries and classification; returns a 2xx body.
@@ -495,6 +486,25 @@ impl AircallClient {
             warn!(error = %e, "cannot record Aircall's rate-limit headers");
         }
     }
+}
+
+/// Reads the body of a 2xx answer of `endpoint` (`get_call` → [`CallEnvelope`], `list_calls` →
+/// [`CallList`], …): the one way every answer is read, public so the fuzz checks read answers
+/// exactly as the client does. The reason of an error names the place, never the content:
+/// bodies may hold tokens.
+pub fn parse_answer<T: DeserializeOwned>(
+    endpoint: &'static str,
+    body: &[u8],
+) -> Result<T, AircallError> {
+    serde_json::from_slice(body).map_err(|e| AircallError::Malformed {
+        endpoint,
+        reason: format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    })
 }
 
 /// How an answer must be handled.
