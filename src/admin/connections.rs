@@ -67,13 +67,12 @@ async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: ConnectBody = json_body(&req, payload).await?;
-    let id = ConnectionId::parse(&body.id)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("`id`: {e}")))?;
-    let (api_id, api_token) = credentials(&body.api_id, &body.api_token)?;
-    let users = match &body.users {
-        Some(emails) => paying_users(emails)?,
-        None => PayingUsers::default(),
-    };
+    let CheckedConnect {
+        id,
+        api_id,
+        api_token,
+        users,
+    } = check_connect(&body)?;
     let client = client(&admin, &id, &api_id, api_token.clone());
     let record = connections::connect(connections::ConnectRequest {
         id: id.clone(),
@@ -474,8 +473,40 @@ async fn existing(admin: &Admin, id: &str) -> Result<ConnectionRecord, ApiError>
         .ok_or_else(unknown_connection)
 }
 
+/// A connect body that passed the checks made before Aircall is asked anything.
+#[derive(Debug)]
+pub(crate) struct CheckedConnect {
+    pub id: ConnectionId,
+    /// Trimmed.
+    pub api_id: String,
+    /// Trimmed.
+    pub api_token: SecretString,
+    /// Empty when the body gave none.
+    pub users: PayingUsers,
+}
+
+/// The checks of a connect body: the id, the credentials' shape, the paying users.
+pub(crate) fn check_connect(body: &ConnectBody) -> Result<CheckedConnect, ApiError> {
+    let id = ConnectionId::parse(&body.id)
+        .map_err(|e| ApiError::bad_request("invalid_request", format!("`id`: {e}")))?;
+    let (api_id, api_token) = credentials(&body.api_id, &body.api_token)?;
+    let users = match &body.users {
+        Some(emails) => paying_users(emails)?,
+        None => PayingUsers::default(),
+    };
+    Ok(CheckedConnect {
+        id,
+        api_id,
+        api_token,
+        users,
+    })
+}
+
 /// The credentials of a request, checked for shape (Aircall checks the rest).
-fn credentials(api_id: &str, api_token: &SecretString) -> Result<(String, SecretString), ApiError> {
+pub(crate) fn credentials(
+    api_id: &str,
+    api_token: &SecretString,
+) -> Result<(String, SecretString), ApiError> {
     let api_id = api_id.trim();
     let api_token = api_token.expose_secret().trim();
     let printable = |text: &str| text.bytes().all(|b| b.is_ascii_graphic());
@@ -498,7 +529,7 @@ fn credentials(api_id: &str, api_token: &SecretString) -> Result<(String, Secret
 }
 
 /// A paying-users list, or 400 `invalid_emails` listing every invalid entry.
-fn paying_users(emails: &[String]) -> Result<PayingUsers, ApiError> {
+pub(crate) fn paying_users(emails: &[String]) -> Result<PayingUsers, ApiError> {
     if emails.len() > MAX_USERS {
         return Err(ApiError::bad_request(
             "invalid_request",

@@ -58,28 +58,7 @@ async fn replay(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let invalid = || {
-        ApiError::bad_request(
-            "invalid_request",
-            "give either `{\"job_id\": …}`, or `{\"all\": true}` (with `connection_id` and `failure_code` to narrow it)",
-        )
-    };
-    // An untagged enum's own error says only "no variant matched": say what is expected.
-    let body: ReplayBody = json_body(&req, payload).await.map_err(|e| {
-        if e.code == "invalid_request" {
-            invalid()
-        } else {
-            e
-        }
-    })?;
-    let selection = match body {
-        ReplayBody::One(one) if !one.job_id.is_empty() => Selection::One(one.job_id),
-        ReplayBody::All(all) if all.all => Selection::All {
-            connection_id: all.connection_id,
-            failure_code: all.failure_code,
-        },
-        _ => return Err(invalid()),
-    };
+    let selection = replay_selection(json_body(&req, payload).await)?;
     let done = admin
         .dead_letters
         .replay(&selection, confirm_timeout(&admin))
@@ -100,4 +79,26 @@ async fn replay(
         });
     }
     Ok(HttpResponse::Ok().json(done))
+}
+
+/// What a replay body, as read, asks for. An untagged enum's own error says only "no variant
+/// matched", so every refusal of the body's content says what is expected instead; refusals of
+/// the request itself (size, media type, deadline) pass unchanged.
+pub(crate) fn replay_selection(body: Result<ReplayBody, ApiError>) -> Result<Selection, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_request",
+            "give either `{\"job_id\": …}`, or `{\"all\": true}` (with `connection_id` and `failure_code` to narrow it)",
+        )
+    };
+    match body {
+        Ok(ReplayBody::One(one)) if !one.job_id.is_empty() => Ok(Selection::One(one.job_id)),
+        Ok(ReplayBody::All(all)) if all.all => Ok(Selection::All {
+            connection_id: all.connection_id,
+            failure_code: all.failure_code,
+        }),
+        Ok(_) => Err(invalid()),
+        Err(e) if e.code == "invalid_request" => Err(invalid()),
+        Err(e) => Err(e),
+    }
 }

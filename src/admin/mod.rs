@@ -359,7 +359,14 @@ async fn json_body<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     crate::web::require_json(req)?;
     let body = crate::web::read_body(req, payload, MAX_BODY_BYTES, BODY_DEADLINE).await?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&body);
+    parse_json_body(&body)
+}
+
+/// Reads the bytes of a JSON request body into `T`: the whole document must be one `T` (nothing
+/// after it); a refusal is 400 `invalid_request` and names the field at fault. The pure half of
+/// every body-taking handler, public so the fuzz checks read bodies exactly as handlers do.
+pub fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
