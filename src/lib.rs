@@ -16,6 +16,8 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod crypto;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod intake;
 pub mod metrics;

@@ -43,6 +43,10 @@ use crate::web::{ApiError, ErrorBody};
 
 pub use views::*;
 
+// The checks body-taking handlers make, reached by the fuzz checks (`crate::fuzzing`).
+pub(crate) use connections::{CheckedConnect, check_connect, credentials, paying_users};
+pub(crate) use dead_letters::replay_selection;
+
 /// Largest admin request body (a paying-users list of ~10,000 emails fits).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 

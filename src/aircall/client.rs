@@ -742,7 +742,7 @@ impl CallPager<'_> {
 
 /// The page `next_page_link` points to. Only its page number is taken from it: the request
 /// itself is always built from our own base URL, so a link can never send credentials elsewhere.
-fn next_page_number(link: &str, current: u64) -> u64 {
+pub(crate) fn next_page_number(link: &str, current: u64) -> u64 {
     Url::parse(link)
         .ok()
         .and_then(|url| {

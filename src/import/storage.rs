@@ -249,7 +249,7 @@ impl Upload {
 
 /// Accepts relative paths of non-empty, non-hidden segments separated by `/`. Hidden names
 /// (leading `.`, which also rules out `.` and `..`) are reserved for temporary files.
-fn validate_key(key: &str) -> Result<(), StorageError> {
+pub(crate) fn validate_key(key: &str) -> Result<(), StorageError> {
     let clean = !key.is_empty()
         && !key.contains("..")
         && !key.contains('\\')

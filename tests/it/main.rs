@@ -7,6 +7,7 @@ mod chaos;
 mod client;
 mod config;
 mod disruptive;
+mod fuzz_corpus;
 mod helpers;
 mod hostile;
 mod intake;
