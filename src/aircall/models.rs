@@ -63,13 +63,13 @@ pub struct Call {
     pub direct_link: Option<String>,
     #[serde(
         default,
-        deserialize_with = "lenient_enum",
+        deserialize_with = "lenient",
         skip_serializing_if = "Option::is_none"
     )]
     pub direction: Option<Direction>,
     #[serde(
         default,
-        deserialize_with = "lenient_enum",
+        deserialize_with = "lenient",
         skip_serializing_if = "Option::is_none"
     )]
     pub status: Option<CallStatus>,
@@ -144,49 +144,77 @@ pub struct Call {
         skip_serializing_if = "Option::is_none"
     )]
     pub asset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub archived: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub number: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user: Option<User>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub contact: Option<Contact>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub assigned_to: Option<User>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub transferred_by: Option<User>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub transferred_to: Option<User>,
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "lenient_list",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub teams: Vec<Value>,
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "lenient_list",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub comments: Vec<Value>,
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "lenient_list",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub tags: Vec<Value>,
     /// REST spelling; see [`Call::participants`].
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "lenient_list",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub conference_participants: Vec<Value>,
     /// Webhook spelling of the same list.
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "lenient_list",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub participants: Vec<Value>,
@@ -643,9 +671,20 @@ where
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
-/// An enum value Aircall may send in an unexpected shape (a number, an object) reads as absent
-/// rather than failing the whole call.
-fn lenient_enum<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+/// A list the service only carries along (teams, tags, participants…): null, or any shape other
+/// than a list, reads as empty (see [`lenient`]). The lists it reads — a page's calls — stay
+/// strict: a page read as empty would skip its calls.
+fn lenient_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    })
+}
+
+/// A value Aircall may send in an unexpected shape (a string for a flag, a number for an object,
+/// an object for an enum) reads as absent rather than failing the whole call — and with it the
+/// whole listing page, which would stop a connection's reconciliation at that page for good.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: serde::de::DeserializeOwned,
@@ -723,6 +762,33 @@ mod tests {
             serde_json::from_str(r#"{"calls":[],"meta":{"total":null,"next_page_link":null}}"#)
                 .unwrap();
         assert!(list.meta.next_page_link.is_none());
+    }
+
+    #[test]
+    fn one_call_in_odd_shapes_does_not_make_its_page_unreadable() {
+        // Flags, objects and lists in shapes Aircall does not document read as absent or empty,
+        // so the other calls of the page — and the pass — go on.
+        let page: CallList = serde_json::from_value(serde_json::json!({
+            "calls": [
+                {"id": 1, "status": "done", "archived": "false", "user": "x", "number": 5,
+                 "contact": "c", "assigned_to": true, "transferred_by": "y", "transferred_to": 1,
+                 "teams": {}, "comments": "none", "tags": 3, "participants": {"a": 1},
+                 "conference_participants": "z", "started_at": 1_735_732_800},
+                {"id": 2, "status": "done", "user": {"email": "ana@acme.com"}}
+            ],
+            "meta": {"total": 2}
+        }))
+        .unwrap();
+        let odd = &page.calls[0];
+        assert_eq!(odd.status, Some(CallStatus::Done));
+        assert_eq!(odd.started_at, Some(1_735_732_800));
+        assert!(odd.archived.is_none() && odd.user.is_none() && odd.number.is_none());
+        assert!(odd.contact.is_none() && odd.assigned_to.is_none());
+        assert!(odd.teams.is_empty() && odd.tags.is_empty() && odd.participants().is_empty());
+        let user = page.calls[1].user.as_ref().unwrap();
+        assert_eq!(user.email.as_deref(), Some("ana@acme.com"));
+        // The page's own list stays strict: a page read as empty would skip its calls.
+        assert!(serde_json::from_str::<CallList>(r#"{"calls":{"id":1}}"#).is_err());
     }
 
     #[test]
