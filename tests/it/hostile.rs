@@ -25,6 +25,11 @@ async fn raw_status(addr: &str, request: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
+/// A JSON document of about `bytes` bytes.
+fn huge_json(bytes: usize) -> String {
+    format!(r#"{{"resource":"call","pad":"{}"}}"#, "a".repeat(bytes))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     let app = TestApp::spawn(service_settings("hostile")).await;
@@ -84,6 +89,18 @@ async fn hostile_requests_get_a_clear_4xx_and_leave_nothing_behind() {
             true,
         ),
         ("empty body, admin", &admin, Vec::new(), true),
+        (
+            "huge body, webhook",
+            &webhook,
+            huge_json(2 << 20).into_bytes(),
+            false,
+        ),
+        (
+            "huge body, admin",
+            &admin,
+            huge_json(2 << 20).into_bytes(),
+            true,
+        ),
     ];
     for (name, url, body, with_token) in cases {
         let mut request = http
