@@ -270,7 +270,8 @@ pub fn fresh_snapshot(job: &ImportJob, now_ms: i64, fresh_for: Duration) -> Opti
 
 /// Whether the rules skip `call` for a reason no later look at the call can change: a finished
 /// call without an agent, taken by an agent who is not a paying user, or started before the
-/// window. A snapshot too old for its recording URL still decides such a call.
+/// window (a call whose start is unknown is not taken for one: Aircall may know it). A snapshot
+/// too old for its recording URL still decides such a call.
 pub fn skipped_whatever_the_recording(
     call: &Call,
     now_s: i64,
@@ -278,6 +279,7 @@ pub fn skipped_whatever_the_recording(
     rules: &Rules,
 ) -> bool {
     call.status == Some(CallStatus::Done)
+        && call.started_at.is_some()
         && matches!(
             rules::decide(call, now_s, users, rules),
             Decision::Skip(
@@ -435,7 +437,7 @@ impl Importer {
             }
         }
 
-        let users = self.connections.paying_users(id).await?;
+        let mut users = self.connections.paying_users(id).await?;
         let now = now_ms();
         let mut fetched = false;
         let mut call = match fresh_snapshot(job, now, self.recording_url_fresh) {
@@ -448,7 +450,10 @@ impl Importer {
                 Some(snapshot) => snapshot.clone(),
                 None => {
                     fetched = true;
-                    self.fetch_call(connection, job.call_id).await?
+                    let call = self.fetch_call(connection, job.call_id).await?;
+                    // The fetch may have waited long on the budget: decide on the users of now.
+                    users = self.connections.paying_users(id).await?;
+                    call
                 }
             },
         };
@@ -495,6 +500,7 @@ impl Importer {
                     info!(error = %e, "the job's recording link is unusable; fetching the call again");
                     fetched = true;
                     call = self.fetch_call(connection, job.call_id).await?;
+                    users = self.connections.paying_users(id).await?;
                     continue;
                 }
                 Err(DownloadError::TooLarge { seen, how, .. }) => {
@@ -747,6 +753,42 @@ mod tests {
         let signed = crate::sim::recording::parse_amz_date("20261129T062800Z").unwrap();
         assert_eq!(signed_url_expiry(url), Some(signed + 600));
         assert_eq!(signed_url_expiry("https://s.example.com/r.mp3"), None);
+    }
+
+    #[test]
+    fn only_skips_no_later_look_can_change_are_decided_from_an_old_snapshot() {
+        let rules = Rules::new(&crate::config::ImportSettings::default());
+        let users = rules::PayingUsers::new(["ana@acme.com"]);
+        let now_s = 1_764_400_000;
+        let call = |json: serde_json::Value| -> Call { serde_json::from_value(json).unwrap() };
+        let done = |extra: serde_json::Value| {
+            let mut base = serde_json::json!({"id": 1, "status": "done", "started_at": now_s - 600,
+                "answered_at": now_s - 590, "ended_at": now_s - 300});
+            base.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            call(base)
+        };
+        let settled = |c: &Call| skipped_whatever_the_recording(c, now_s, &users, &rules);
+        assert!(settled(&done(
+            serde_json::json!({"user": {"email": "bob@acme.com"}})
+        )));
+        assert!(settled(&done(serde_json::json!({"user": null}))));
+        assert!(settled(&done(
+            serde_json::json!({"started_at": now_s - 30 * 86_400, "user": {"email": "ana@acme.com"}})
+        )));
+        // A paying agent's call depends on its recording: fetched again.
+        assert!(!settled(&done(
+            serde_json::json!({"user": {"email": "ana@acme.com"}})
+        )));
+        // An unknown start is not taken for one outside the window, nor is a call in progress
+        // settled by who answered it.
+        assert!(!settled(&done(
+            serde_json::json!({"started_at": null, "user": {"email": "bob@acme.com"}})
+        )));
+        assert!(!settled(&done(
+            serde_json::json!({"status": "answered", "user": {"email": "bob@acme.com"}})
+        )));
     }
 
     #[test]
