@@ -319,7 +319,11 @@ pub struct User {
         skip_serializing_if = "Option::is_none"
     )]
     pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub available: Option<bool>,
     #[serde(
         default,
@@ -443,7 +447,11 @@ pub struct Contact {
         skip_serializing_if = "Option::is_none"
     )]
     pub information: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub is_shared: Option<bool>,
     #[serde(
         default,
@@ -774,7 +782,8 @@ mod tests {
                  "contact": "c", "assigned_to": true, "transferred_by": "y", "transferred_to": 1,
                  "teams": {}, "comments": "none", "tags": 3, "participants": {"a": 1},
                  "conference_participants": "z", "started_at": 1_735_732_800},
-                {"id": 2, "status": "done", "user": {"email": "ana@acme.com"}}
+                {"id": 2, "status": "done",
+                 "user": {"email": "ana@acme.com", "available": "true", "id": "x"}}
             ],
             "meta": {"total": 2}
         }))
