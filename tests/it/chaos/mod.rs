@@ -62,7 +62,7 @@ impl Plan {
         Plan {
             traffic: Duration::from_secs_f64(number("CHAOS_SECONDS", 150.0).max(60.0)),
             calls_per_minute: number("CHAOS_CALLS_PER_MINUTE", 60.0).max(1.0),
-            settle: Duration::from_secs(240),
+            settle: Duration::from_secs(300),
         }
     }
 }
@@ -81,10 +81,13 @@ async fn under_chaos_every_eligible_call_is_imported_once_and_whole() {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Calls made near the end are shorter, so every call ends within a minute of the traffic.
+    let ends_by_s = run.sim.state.clock.now_s() + plan.traffic.as_secs() as i64 + 60;
     let stream = tokio::spawn(stream_calls(
         run.sim.state.clone(),
         run.company.clone(),
         plan.calls_per_minute,
+        ends_by_s,
         stop.clone(),
     ));
     let faults = run.inflict_faults(&plan, t0).await;
@@ -116,7 +119,14 @@ async fn under_chaos_every_eligible_call_is_imported_once_and_whole() {
     let _ = std::fs::write(&out, &report);
     println!("[chaos] report written to {}", out.display());
 
-    let unrecovered: Vec<_> = faults.iter().filter(|f| f.flowing.is_none()).collect();
+    let unrecovered: Vec<_> = faults
+        .iter()
+        .filter(|f| {
+            f.flowing.is_none()
+                || f.ready.is_none()
+                || (f.fault == run::Fault::RestartRabbitmq && f.spool_drained.is_none())
+        })
+        .collect();
     let defects = verdict.defects();
     if defects == 0 && unrecovered.is_empty() {
         run.clean_up().await;
@@ -129,5 +139,5 @@ async fn under_chaos_every_eligible_call_is_imported_once_and_whole() {
         unrecovered.is_empty(),
         "imports did not resume after: {unrecovered:?}"
     );
-    assert!(verdict.eligible > 0, "the run imported something");
+    assert!(verdict.imported > 0, "the run imported something");
 }

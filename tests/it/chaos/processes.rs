@@ -177,3 +177,35 @@ pub(super) async fn rabbitmqctl(args: &[&str]) {
     .unwrap();
     assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
+
+/// The machine's RabbitMQ, stopped (`rabbitmqctl stop_app`) until [`BrokerStopped::start`]; if
+/// the run fails in between, dropping it starts RabbitMQ again, so a failed run does not leave
+/// the machine without its broker.
+pub(super) struct BrokerStopped {
+    started: bool,
+}
+
+impl BrokerStopped {
+    pub(super) async fn stop() -> BrokerStopped {
+        let stopped = BrokerStopped { started: false };
+        rabbitmqctl(&["stop_app"]).await;
+        stopped
+    }
+
+    pub(super) async fn start(mut self) {
+        rabbitmqctl(&["start_app"]).await;
+        self.started = true;
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = Command::new("rabbitmqctl")
+                .arg("start_app")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

@@ -13,7 +13,7 @@ use aircall_ingest::sim::{
 };
 use serde_json::{Value, json};
 
-use super::processes::{PrivateRedis, Process, exit, free_port, rabbitmqctl};
+use super::processes::{BrokerStopped, PrivateRedis, Process, exit, free_port, rabbitmqctl};
 use super::verdict::{eligible, stored_files};
 use super::{ADMIN_TOKEN, CONNECTION, Plan};
 use crate::helpers::{amqp, queue_depth};
@@ -368,7 +368,7 @@ impl Run {
                 )
             }
             Fault::RestartRabbitmq => {
-                rabbitmqctl(&["stop_app"]).await;
+                let stopped = BrokerStopped::stop().await;
                 // Webhooks keep coming: what serve could not hand to RabbitMQ waits in the spool.
                 let down = Instant::now();
                 let mut spooled = 0;
@@ -376,7 +376,7 @@ impl Run {
                     spooled = spooled.max(self.spool_depth().await.unwrap_or(0));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                rabbitmqctl(&["start_app"]).await;
+                stopped.start().await;
                 format!("`rabbitmqctl stop_app`, 10 s down, `start_app`; {spooled} jobs spooled")
             }
             Fault::RestartRedis => {
@@ -398,13 +398,26 @@ impl Run {
     /// was eligible then must be stored.
     pub(super) async fn settle(&self, plan: &Plan) -> (Duration, i64) {
         let started = Instant::now();
-        // Webhook retries, late recordings, re-checks (at most 30 s apart) and a pass (30 s).
-        tokio::time::sleep(Duration::from_secs(70)).await;
-        let last_run = |view: &Value| view["sync"]["last_run_at"].clone();
-        let before = last_run(&self.connection_view().await);
-        // The pass lists up to `reconcile.lag_s` (10 s) before it starts.
+        // Every call ended and every recording there (the traffic makes none that ends later
+        // than a minute after it), then time for webhook retries, re-checks (at most 30 s apart)
+        // and a pass (30 s).
+        let last_event_s = self
+            .truth()
+            .iter()
+            .filter_map(|t| t.recording_ready_at.max(t.ended_at))
+            .max()
+            .unwrap_or(0);
+        let quiet_until_s = (last_event_s + 15).max(self.sim.state.clock.now_s() + 70);
+        while self.sim.state.clock.now_s() < quiet_until_s {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The pass lists up to `reconcile.lag_s` (10 s) before it starts: everything eligible by
+        // then must be stored.
         let required_s = self.sim.state.clock.now_s() - 10;
+        let asked_ms = self.sim.state.clock.now_ms();
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
+            assert!(Instant::now() < deadline, "the sync was never accepted");
             let response = self
                 .admin(
                     reqwest::Method::POST,
@@ -419,9 +432,23 @@ impl Run {
                 status => panic!("sync: {status} {}", response.text().await.unwrap()),
             }
         }
+        // Until a pass that started after the request has finished.
+        let started_after_request = |view: &Value| {
+            view["sync"]["last_run_at"]
+                .as_str()
+                .and_then(|at| {
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|at| (at.unix_timestamp_nanos() / 1_000_000) as i64 >= asked_ms)
+        };
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "the requested pass never finished"
+            );
             let view = self.connection_view().await;
-            if view["sync"]["running"] == false && last_run(&view) != before {
+            if view["sync"]["running"] == false && started_after_request(&view) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

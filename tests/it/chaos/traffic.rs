@@ -9,11 +9,13 @@ use aircall_ingest::sim::{CallSpec, CompanyInfo};
 
 use super::MAX_RECORDING_BYTES;
 
-/// Makes calls at `per_minute` until `stop`; how many it made.
+/// Makes calls at `per_minute` until `stop`, none of them ending after `ends_by_s` (simulator
+/// time) unless made later than 5 s before it; how many it made.
 pub(super) async fn stream_calls(
     state: Arc<aircall_ingest::sim::SimState>,
     company: CompanyInfo,
     per_minute: f64,
+    ends_by_s: i64,
     stop: Arc<AtomicBool>,
 ) -> usize {
     let mut rng = fastrand::Rng::with_seed(8);
@@ -33,7 +35,9 @@ pub(super) async fn stream_calls(
     let mut next = tokio::time::Instant::now();
     let mut made = 0;
     while !stop.load(Ordering::SeqCst) {
-        let spec = call_spec(&mut rng, &paying, &unpaid, state.clock.now_s());
+        let now_s = state.clock.now_s();
+        let mut spec = call_spec(&mut rng, &paying, &unpaid, now_s);
+        spec.duration = spec.duration.min((ends_by_s - now_s).max(5));
         state.add_call(company.id, &spec).unwrap();
         made += 1;
         next += every;
