@@ -287,6 +287,7 @@ async fn a_broker_outage_under_steady_webhook_traffic_is_answered_2xx_throughout
         .collect();
     assert_eq!(answers.len(), sent as usize, "every request was answered");
     assert_eq!(accepted.len(), answers.len(), "every answer was 2xx");
+    assert!(spool_peak > 0, "the outage sent jobs to the spool");
     assert!(drained.is_some(), "the spool drained");
     let import = app.ctx.broker.names().import.clone();
     let queued: std::collections::BTreeSet<u64> = crate::helpers::take_messages(&import)

@@ -25,11 +25,6 @@ async fn raw_status(addr: &str, request: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// A JSON document of about `bytes` bytes.
-fn huge_json(bytes: usize) -> String {
-    format!(r#"{{"resource":"call","pad":"{}"}}"#, "a".repeat(bytes))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     let app = TestApp::spawn(service_settings("hostile")).await;
@@ -89,18 +84,6 @@ async fn hostile_requests_get_a_clear_4xx_and_leave_nothing_behind() {
             true,
         ),
         ("empty body, admin", &admin, Vec::new(), true),
-        (
-            "huge body, webhook",
-            &webhook,
-            huge_json(2 << 20).into_bytes(),
-            false,
-        ),
-        (
-            "huge body, admin",
-            &admin,
-            huge_json(2 << 20).into_bytes(),
-            true,
-        ),
     ];
     for (name, url, body, with_token) in cases {
         let mut request = http
@@ -131,6 +114,22 @@ async fn hostile_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     );
     let status = raw_status(&addr, many.as_bytes()).await;
     assert!((400..500).contains(&status), "many headers: {status}");
+    // Huge bodies: 2 MB announced, refused 413 from the announced length before any of it is
+    // read (the webhook's limit is `intake.max_body_bytes`, the admin API's 1 MiB).
+    for (path, auth) in [
+        ("/webhooks/aircall/acme", String::new()),
+        (
+            "/api/connections",
+            format!("Authorization: Bearer {DEVELOPMENT_ADMIN_TOKEN}\r\n"),
+        ),
+    ] {
+        let huge = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"token\":\"",
+            2 << 20
+        );
+        let status = raw_status(&addr, huge.as_bytes()).await;
+        assert_eq!(status, 413, "huge body on {path}");
+    }
     // A slow client: headers, then a body that never comes. The webhook's answer budget (3 s)
     // ends it with a 408; the admin API gives a body 10 s.
     let slow = "POST /webhooks/aircall/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
