@@ -43,9 +43,9 @@ for target in "${targets[@]}"; do
   rm -f "$marker"
   if [ "$ok" = 0 ] && [ "$crashes" = 0 ]; then crashes="? (failed without an artifact: see $log)"; fi
   [ "$ok" = 1 ] || status=1
-  executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  corpus=$(grep -o 'corp: [0-9]*' "$log" | tail -n 1 | tr -dc '0-9')
-  seed=$(sed -n 's/.*Seed: \([0-9]*\).*/\1/p' "$log" | head -n 1)
+  executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1) || true
+  corpus=$(grep -o 'corp: [0-9]*' "$log" | tail -n 1 | tr -dc '0-9') || true
+  seed=$(sed -n 's/.*Seed: \([0-9]*\).*/\1/p' "$log" | head -n 1) || true
   awk -v t="$target" -v n="${executions:-0}" -v s="$start" -v e="$end" -v c="${corpus:-?}" \
       -v x="$crashes" -v seed="${seed:-?}" 'BEGIN {
     secs = e - s

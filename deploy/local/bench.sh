@@ -25,14 +25,22 @@ deploy/local/services.sh
 if [ "$#" -eq 0 ]; then
   set -- intake import reconcile load chaos outage
 fi
+# Every benchmark runs, even after one that failed (a benchmark fails when its run shows a
+# problem, and its figures are still printed); the exit status says whether any failed.
+failed=()
 for bench in "$@"; do
   echo "[bench] $bench" >&2
   case "$bench" in
-    chaos) deploy/local/chaos.sh "${CHAOS_SECONDS:-600}" ;;
+    chaos) deploy/local/chaos.sh "${CHAOS_SECONDS:-600}" || failed+=("$bench") ;;
     outage)
       OUTAGE_SECONDS=${OUTAGE_SECONDS:-60} cargo test --locked --test it -- --ignored --exact \
-        --nocapture disruptive::a_broker_outage_under_steady_webhook_traffic_is_answered_2xx_throughout
+        --nocapture disruptive::a_broker_outage_under_steady_webhook_traffic_is_answered_2xx_throughout \
+        || failed+=("$bench")
       ;;
-    *) cargo bench --locked --bench "$bench" ;;
+    *) cargo bench --locked --bench "$bench" || failed+=("$bench") ;;
   esac
 done
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "[bench] failed: ${failed[*]}" >&2
+  exit 1
+fi

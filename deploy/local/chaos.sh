@@ -13,6 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh
-CHAOS_SECONDS=${1:-600} CHAOS_CALLS_PER_MINUTE=${2:-60} \
-  cargo test --locked --test it chaos:: -- --ignored --exact --nocapture \
+CHAOS_SECONDS=${1:-${CHAOS_SECONDS:-600}} CHAOS_CALLS_PER_MINUTE=${2:-${CHAOS_CALLS_PER_MINUTE:-60}} \
+  cargo test --locked --test it -- --ignored --exact --nocapture \
   chaos::under_chaos_every_eligible_call_is_imported_once_and_whole
