@@ -46,11 +46,12 @@
 // A benchmark may stop at the first broken assumption.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -1458,41 +1459,6 @@ fn print_day(replay: &Replay) {
 
 // ---------------------------------------------------------------- report
 
-/// The commit measured, and whether the work tree differs from it.
-fn revision() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(commit) => {
-            match git(&["status", "--porcelain", "--untracked-files=no", "--", "src"]) {
-                Some(changes) if !changes.is_empty() => {
-                    format!("commit {commit} + changes to src/")
-                }
-                _ => format!("commit {commit}"),
-            }
-        }
-        None => String::from("commit unknown"),
-    }
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map_or("unknown CPU", |v| v.trim_start_matches([' ', '\t', ':']));
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = time::OffsetDateTime::now_utc().date();
-    format!("{cores} CPUs ({model}), {date}, {}", revision())
-}
-
 /// The bench's output directory, removed when dropped (a failed bench too).
 struct Scratch(PathBuf);
 
@@ -1578,7 +1544,7 @@ async fn run(leftovers: &Leftovers, scratch: &Path) {
 
     println!(
         "\n{}; whole bench {:.0} s\n",
-        machine(),
+        common::machine(),
         started.elapsed().as_secs_f64()
     );
     if !quiet.is_empty() {
