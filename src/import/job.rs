@@ -450,9 +450,8 @@ impl Importer {
                 Some(snapshot) => snapshot.clone(),
                 None => {
                     fetched = true;
-                    let call = self.fetch_call(connection, job.call_id).await?;
-                    // The fetch may have waited long on the budget: decide on the users of now.
-                    users = self.connections.paying_users(id).await?;
+                    let (call, users_now) = self.fetch_with_users(connection, job.call_id).await?;
+                    users = users_now;
                     call
                 }
             },
@@ -499,8 +498,7 @@ impl Importer {
                 {
                     info!(error = %e, "the job's recording link is unusable; fetching the call again");
                     fetched = true;
-                    call = self.fetch_call(connection, job.call_id).await?;
-                    users = self.connections.paying_users(id).await?;
+                    (call, users) = self.fetch_with_users(connection, job.call_id).await?;
                     continue;
                 }
                 Err(DownloadError::TooLarge { seen, how, .. }) => {
@@ -539,6 +537,18 @@ impl Importer {
             self.announce(id, record, &document, lease).await?;
             return Ok(Handled::Imported);
         }
+    }
+
+    /// The call as Aircall shows it now, and the paying users read after it: the fetch may
+    /// have waited long on the company's budget, and a user added meanwhile must count.
+    async fn fetch_with_users(
+        &self,
+        connection: &ConnectionRecord,
+        call: CallId,
+    ) -> Result<(Call, rules::PayingUsers), JobError> {
+        let call = self.fetch_call(connection, call).await?;
+        let users = self.connections.paying_users(&connection.id).await?;
+        Ok((call, users))
     }
 
     async fn fetch_call(

@@ -12,7 +12,8 @@
 //! stops, a quiet period lets retries and re-checks run, one reconcile pass is asked for through
 //! the admin API, and the simulator's ground truth is compared with what was stored and
 //! announced. The run fails unless nothing is missing, duplicated, corrupt, partial, imported
-//! against the rules or left unannounced, and no secret shows in any process's log.
+//! against the rules, left unannounced or dead-lettered, imports resumed after every fault,
+//! every process stopped cleanly on SIGTERM, and no secret shows in any process's log.
 //!
 //! Time is compressed: a reconcile pass every 30 s instead of 15 min, re-checks of late
 //! recordings after 10 to 30 s instead of 5 min to 6 h, webhook retries from 1 s instead of
