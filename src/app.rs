@@ -213,7 +213,7 @@ impl Context {
             serve::Parts {
                 intake: self.intake(),
                 readiness: self.readiness(true),
-                admin: crate::admin::Admin::new(self.clone(), cancel.clone()),
+                admin: crate::admin::Admin::new(self.clone(), cancel.clone())?,
                 metrics: self.metrics(true),
             },
             self.settings.serve.worker_threads(),

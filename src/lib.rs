@@ -15,6 +15,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;

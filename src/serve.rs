@@ -99,6 +99,7 @@ pub fn start(
         admin::mount(app, routes_admin.clone())
             .into_app()
             .configure(intake::routes)
+            .configure(crate::console::routes)
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(render_metrics))
             .route("/readyz", web::get().to(readyz))

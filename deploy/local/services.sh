@@ -22,16 +22,8 @@ wait_for_port() { # port name seconds
   done
 }
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    say "need root to run: $*"
-    return 1
-  fi
-}
+# shellcheck source=deploy/local/as-root.sh
+. "$(dirname "$0")/as-root.sh"
 
 apt_updated=0
 # install_package redis|rabbitmq: the package's name differs between package managers.

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: RabbitMQ and Redis first (started, or installed
-# and started), moto (an S3 server the storage tests start) installed when missing, then every
-# test against them and the bundled Aircall simulator, then schemathesis against the admin API
-# (installed when missing).
+# and started), Chromium, Node.js and Playwright for the console's browser tests and moto (an S3
+# server the storage tests start) installed when missing; then every test against them and the
+# bundled Aircall simulator, then schemathesis against the admin API (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 deploy/local/services.sh
+# Chromium, Node.js and Playwright for the console's browser tests (tests/it/console.rs).
+deploy/local/browser.sh
 # pip --user puts moto_server here, which may not be on PATH yet.
 PATH="$PATH:$(python3 -m site --user-base)/bin"
 if ! command -v moto_server >/dev/null 2>&1; then

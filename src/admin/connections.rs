@@ -30,6 +30,8 @@ pub(super) fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
         .service(put_users)
         .service(get_users)
         .service(calls)
+        .service(activity)
+        .service(recording)
         .service(sync);
 }
 
@@ -408,6 +410,124 @@ async fn calls(
         items: page.items.into_iter().map(CallView::from).collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+/// Calls decided per day over the last days (UTC), by the outcome each call has now.
+#[utoipa::path(
+    operation_id = "call_activity",
+    tag = "calls",
+    params(("id" = String, Path, description = "The connection's id."), ActivityQuery),
+    responses(
+        (status = 200, description = "One entry per day, oldest first, today last.", body = Activity),
+        (status = 404, description = "No such connection (`unknown_connection`).", body = ErrorBody),
+    )
+)]
+#[get("/connections/{id}/activity")]
+async fn activity(
+    admin: web::Data<Admin>,
+    id: web::Path<String>,
+    query: web::Query<ActivityQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let current = existing(&admin, &id).await?;
+    let days = match query.days {
+        None => 14,
+        Some(days @ 1..=MAX_ACTIVITY_DAYS) => days,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("`days`: 1 to {MAX_ACTIVITY_DAYS}"),
+            ));
+        }
+    };
+    let per_day = admin
+        .ctx
+        .outcomes
+        .per_day(&current.id, days, now_ms())
+        .await
+        .map_err(redis_unavailable)?;
+    Ok(HttpResponse::Ok().json(Activity {
+        days: per_day.into_iter().map(DayView::from).collect(),
+    }))
+}
+
+/// Most days `GET …/activity` covers.
+const MAX_ACTIVITY_DAYS: u32 = 90;
+
+/// The recording of an imported call, streamed from storage.
+#[utoipa::path(
+    operation_id = "call_recording",
+    tag = "calls",
+    params(
+        ("id" = String, Path, description = "The connection's id."),
+        ("call_id" = u64, Path, description = "The call's Aircall id."),
+    ),
+    responses(
+        (status = 200, description = "The recording as stored.", content_type = "audio/mpeg", body = Vec<u8>),
+        (status = 404, description = "No such connection (`unknown_connection`), the call was not imported (`not_imported`) or its recording is no longer in storage (`recording_missing`).", body = ErrorBody),
+    )
+)]
+#[get("/connections/{id}/calls/{call_id}/recording")]
+async fn recording(
+    admin: web::Data<Admin>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, call) = path.into_inner();
+    let current = existing(&admin, &id).await?;
+    let not_imported = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_imported",
+            format!("call {call} of `{}` was not imported", current.id),
+        )
+    };
+    let call_id = call.parse::<u64>().map_err(|_| not_imported())?;
+    let stored = admin
+        .ctx
+        .outcomes
+        .get(&current.id, crate::aircall::CallId(call_id))
+        .await
+        .map_err(redis_unavailable)?
+        .filter(|record| record.outcome == Outcome::Imported)
+        .and_then(|record| record.stored)
+        .ok_or_else(not_imported)?;
+    let reading = admin
+        .storage
+        .read(&stored.recording_key)
+        .await
+        .map_err(|e| {
+            warn!(connection = %current.id, call = call_id, error = %e, "cannot read a recording");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the recording storage cannot be read; try again shortly",
+            )
+            .retry_after(5)
+        })?;
+    let Some(reading) = reading else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "recording_missing",
+            format!(
+                "call {call_id} was imported, but its recording is no longer at {}",
+                stored.location
+            ),
+        ));
+    };
+    let file_name = stored
+        .recording_key
+        .rsplit('/')
+        .next()
+        .unwrap_or("recording.mp3")
+        .to_string();
+    Ok(HttpResponse::Ok()
+        .content_type("audio/mpeg")
+        .no_chunking(reading.bytes)
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("inline; filename=\"{file_name}\""),
+        ))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "private, no-store"))
+        .streaming(reading.body))
 }
 
 /// Run a reconciliation pass for this connection now (in the background; its report appears

@@ -24,6 +24,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +38,7 @@ use crate::app::Context;
 use crate::connections::ConnectionId;
 use crate::crypto::AdminToken;
 use crate::import::lease::Leases;
+use crate::import::storage::Storage;
 use crate::queue::dead_letters::{DeadLetterError, DeadLetters};
 use crate::reconcile::{Pass, Reconciler};
 use crate::web::{ApiError, ErrorBody};
@@ -62,6 +64,8 @@ pub struct Admin {
     pub ctx: Context,
     pub reconciler: Reconciler,
     pub dead_letters: DeadLetters,
+    /// Where imported recordings are read from.
+    pub storage: Storage,
     token: Arc<AdminToken>,
     /// Passes started from the API run here, and are cancelled with the server.
     syncs: TaskTracker,
@@ -69,8 +73,10 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(ctx: Context, cancel: CancellationToken) -> Self {
-        Self {
+    /// Fails when the storage settings do not work.
+    pub fn new(ctx: Context, cancel: CancellationToken) -> anyhow::Result<Self> {
+        Ok(Self {
+            storage: Storage::from_settings(&ctx.settings.storage).context("storage")?,
             reconciler: ctx.reconciler(),
             dead_letters: DeadLetters::new(
                 ctx.broker.clone(),
@@ -86,7 +92,7 @@ impl Admin {
             ctx,
             syncs: TaskTracker::new(),
             cancel,
-        }
+        })
     }
 
     /// Makes the connection due (so a reconciler picks it up even if this process stops) and
@@ -455,7 +461,7 @@ mod tests {
             ..Settings::default()
         };
         let ctx = Context::new(settings).unwrap();
-        serde_json::to_value(openapi(Admin::new(ctx, CancellationToken::new()))).unwrap()
+        serde_json::to_value(openapi(Admin::new(ctx, CancellationToken::new()).unwrap())).unwrap()
     }
 
     #[tokio::test]

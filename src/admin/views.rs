@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::aircall::{CallId, Direction};
-use crate::connections::{ConnectionStatus, Outcome, OutcomeRecord};
+use crate::connections::{ConnectionStatus, DayCounts, Outcome, OutcomeRecord};
 use crate::queue::Trigger;
 use crate::reconcile::RunReport;
 
@@ -257,6 +257,47 @@ pub struct RecordingView {
 pub struct CallPage {
     pub items: Vec<CallView>,
     pub next_cursor: Option<String>,
+}
+
+/// `GET /api/connections/{id}/activity` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActivityQuery {
+    /// Days to cover, today included: 1 to 90 (default 14).
+    #[param(minimum = 1, maximum = 90)]
+    pub days: Option<u32>,
+}
+
+/// Calls decided per day.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Activity {
+    /// Oldest first; the last is today (UTC).
+    pub days: Vec<DayView>,
+}
+
+/// Calls decided on one day (UTC), by the outcome each has now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DayView {
+    /// `2026-11-28`.
+    pub date: String,
+    pub imported: u64,
+    pub skipped: u64,
+    pub pending: u64,
+    pub failed: u64,
+}
+
+impl From<DayCounts> for DayView {
+    fn from(day: DayCounts) -> Self {
+        let mut date = rfc3339(day.start_ms);
+        date.truncate(10);
+        Self {
+            date,
+            imported: day.imported,
+            skipped: day.skipped,
+            pending: day.pending,
+            failed: day.failed,
+        }
+    }
 }
 
 /// `GET /api/dead-letters` query.

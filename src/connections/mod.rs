@@ -23,7 +23,9 @@ pub use lifecycle::{
     ConnectError, ConnectRequest, DisconnectError, DisconnectRequest, Disconnected, RotateRequest,
     Rotated, connect, disconnect, rotate_credentials, webhook_url,
 };
-pub use outcomes::{Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, Recorded, StoredCall};
+pub use outcomes::{
+    DayCounts, Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, Recorded, StoredCall,
+};
 
 use crate::import::rules::PayingUsers;
 

@@ -59,6 +59,17 @@ impl Outcome {
     }
 }
 
+/// Calls decided on one UTC day, by the outcome each has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayCounts {
+    /// Midnight UTC starting the day, Unix ms.
+    pub start_ms: i64,
+    pub imported: u64,
+    pub skipped: u64,
+    pub pending: u64,
+    pub failed: u64,
+}
+
 /// Where an imported call's files are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredCall {
@@ -406,6 +417,43 @@ impl OutcomeStore {
             .into_iter()
             .zip(values)
             .filter(|(_, count)| *count > 0)
+            .collect())
+    }
+
+    /// Calls decided per UTC day over the last `days` days (today included, oldest first), per
+    /// outcome the call has now. One round trip of `days × 4` counts, whatever the history.
+    pub async fn per_day(
+        &self,
+        connection: &ConnectionId,
+        days: u32,
+        now_ms: i64,
+    ) -> Result<Vec<DayCounts>, redis::RedisError> {
+        const DAY_MS: i64 = 86_400_000;
+        let today = now_ms.div_euclid(DAY_MS) * DAY_MS;
+        let starts: Vec<i64> = (0..i64::from(days))
+            .rev()
+            .map(|back| today - back * DAY_MS)
+            .collect();
+        let mut pipe = redis::pipe();
+        for start in &starts {
+            for outcome in Outcome::ALL {
+                pipe.cmd("ZCOUNT")
+                    .arg(self.index(connection, &format!("outcome:{}", outcome.as_str())))
+                    .arg(*start)
+                    .arg(format!("({}", start + DAY_MS));
+            }
+        }
+        let values: Vec<u64> = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(starts
+            .into_iter()
+            .zip(values.chunks(Outcome::ALL.len()))
+            .map(|(start_ms, counts)| DayCounts {
+                start_ms,
+                imported: counts[0],
+                skipped: counts[1],
+                pending: counts[2],
+                failed: counts[3],
+            })
             .collect())
     }
 

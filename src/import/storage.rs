@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use futures_util::TryStreamExt as _;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -67,6 +68,15 @@ pub struct Stored {
     pub location: String,
     pub bytes: u64,
 }
+
+/// An object being read: its size, then its bytes in chunks.
+pub struct Reading {
+    pub bytes: u64,
+    pub body: futures_util::stream::BoxStream<'static, Result<Bytes, StorageError>>,
+}
+
+/// Chunk size of a local read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The configured storage. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -177,6 +187,37 @@ impl Storage {
             },
             Self::S3(object) => match object.store.get(&object.path(key)?).await {
                 Ok(result) => Ok(Some(result.bytes().await?)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// The object under `key` as a stream of chunks, with its size; `None` when missing. Memory
+    /// stays bounded whatever the object's size (for serving recordings).
+    #[tracing::instrument(skip_all, fields(key))]
+    pub async fn read(&self, key: &str) -> Result<Option<Reading>, StorageError> {
+        validate_key(key)?;
+        match self {
+            Self::Local(local) => {
+                let file = match tokio::fs::File::open(local.path(key)).await {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let bytes = file.metadata().await?.len();
+                let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK_BYTES)
+                    .map_err(StorageError::from);
+                Ok(Some(Reading {
+                    bytes,
+                    body: Box::pin(body),
+                }))
+            }
+            Self::S3(object) => match object.store.get(&object.path(key)?).await {
+                Ok(result) => Ok(Some(Reading {
+                    bytes: result.meta.size,
+                    body: Box::pin(result.into_stream().map_err(StorageError::from)),
+                })),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e.into()),
             },
@@ -828,6 +869,25 @@ mod tests {
         assert_eq!(stored.location, t.storage.location(key));
         assert_eq!(t.storage.get(key).await.unwrap(), Some(json));
         assert!(t.storage.partial_files().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_read_streams_the_object_in_bounded_chunks() {
+        use futures_util::StreamExt as _;
+        let t = TempRoot::new();
+        let key = "acme/2026/11/29/5000000124.mp3";
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        t.storage
+            .put(key, Bytes::from(body.clone()), "audio/mpeg")
+            .await
+            .unwrap();
+
+        let reading = t.storage.read(key).await.unwrap().unwrap();
+        assert_eq!(reading.bytes, body.len() as u64);
+        let chunks: Vec<Bytes> = reading.body.map(|c| c.unwrap()).collect().await;
+        assert!(chunks.iter().all(|c| c.len() <= READ_CHUNK_BYTES));
+        assert_eq!(chunks.concat(), body);
+        assert!(t.storage.read("acme/none.mp3").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -17,17 +17,17 @@ use crate::helpers::{
 
 /// A simulator with one company (no history), `serve` with its admin API, storage in a
 /// scratch directory, and a worker on demand. No connection yet: tests make them through the API.
-struct AdminTest {
-    sim: RunningSimulator,
-    company: CompanyInfo,
-    app: TestApp,
+pub(crate) struct AdminTest {
+    pub(crate) sim: RunningSimulator,
+    pub(crate) company: CompanyInfo,
+    pub(crate) app: TestApp,
     root: PathBuf,
     http: reqwest::Client,
     worker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl AdminTest {
-    async fn start(test: &str, tweak: impl FnOnce(&mut Settings)) -> AdminTest {
+    pub(crate) async fn start(test: &str, tweak: impl FnOnce(&mut Settings)) -> AdminTest {
         let sim = start_sim(roomy_sim()).await;
         let company = sim
             .state
@@ -56,19 +56,24 @@ impl AdminTest {
         }
     }
 
-    fn start_worker(&mut self) {
+    pub(crate) fn start_worker(&mut self) {
         let cancel = CancellationToken::new();
         let task = self.app.ctx.start_worker(&cancel).unwrap();
         self.worker = Some((cancel, task));
     }
 
     /// A request with the admin token.
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         self.send_as(Some(DEVELOPMENT_ADMIN_TOKEN), method, path, body)
             .await
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         self.send(Method::GET, path, None).await
     }
 
@@ -95,7 +100,7 @@ impl AdminTest {
         )
     }
 
-    fn paying(&self) -> Vec<String> {
+    pub(crate) fn paying(&self) -> Vec<String> {
         self.company
             .agents
             .iter()
@@ -104,7 +109,7 @@ impl AdminTest {
             .collect()
     }
 
-    fn unpaid(&self) -> String {
+    pub(crate) fn unpaid(&self) -> String {
         self.company
             .agents
             .iter()
@@ -114,7 +119,7 @@ impl AdminTest {
     }
 
     /// Connects the company as `id` with the paying agents as users.
-    async fn connect(&self, id: &str) -> Value {
+    pub(crate) async fn connect(&self, id: &str) -> Value {
         let (status, body) = self
             .send(
                 Method::POST,
@@ -132,7 +137,7 @@ impl AdminTest {
     }
 
     /// A finished call by a paying agent with a small recording, announced by webhooks.
-    fn call(&self) -> CallSpec {
+    pub(crate) fn call(&self) -> CallSpec {
         CallSpec {
             agent_email: Some(self.paying()[0].clone()),
             recording_bytes: Some(20_000),
@@ -140,12 +145,17 @@ impl AdminTest {
         }
     }
 
-    fn add_call(&self, spec: &CallSpec) -> u64 {
+    pub(crate) fn add_call(&self, spec: &CallSpec) -> u64 {
         self.sim.state.add_call(self.company.id, spec).unwrap()
     }
 
     /// The call's outcome record through the API, once `wanted` holds.
-    async fn wait_call(&self, id: &str, call: u64, wanted: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_call(
+        &self,
+        id: &str,
+        call: u64,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
         let find = || async {
             let (_, page) = self
                 .get(&format!("/api/connections/{id}/calls?limit=500"))
@@ -167,7 +177,7 @@ impl AdminTest {
     }
 
     /// The latest run report of `id` started after `after_ms`, once there is one.
-    async fn wait_report_after(&self, id: &str, after_ms: i64) -> Value {
+    pub(crate) async fn wait_report_after(&self, id: &str, after_ms: i64) -> Value {
         let report = || async {
             let (_, view) = self.get(&format!("/api/connections/{id}")).await;
             let report = view["sync"]["last_report"].clone();
@@ -242,7 +252,7 @@ impl AdminTest {
         dump
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some((cancel, task)) = self.worker.take() {
             cancel.cancel();
             let _ = task.await;
@@ -1142,6 +1152,141 @@ async fn dead_letters_are_listed_with_their_errors_and_replayed() {
     let (_, page) = t.get("/api/dead-letters").await;
     assert_eq!(page["total"], 1);
     assert_eq!(crate::helpers::take_messages(&names.import).await.len(), 1);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_counts_each_day_s_decisions_by_outcome() {
+    let mut t = AdminTest::start("admin-activity", |_| {}).await;
+    t.start_worker();
+    t.connect("acme").await;
+    t.wait_report_after("acme", 0).await;
+    let imported = t.add_call(&t.call());
+    let skipped = t.add_call(&CallSpec {
+        agent_email: Some(t.unpaid()),
+        ..t.call()
+    });
+    t.wait_call("acme", imported, |c| c["outcome"] == "imported")
+        .await;
+    t.wait_call("acme", skipped, |c| c["outcome"] == "skipped")
+        .await;
+
+    let (status, activity) = t.get("/api/connections/acme/activity").await;
+    assert_eq!(status, 200, "{activity}");
+    let days = activity["days"].as_array().unwrap();
+    assert_eq!(days.len(), 14, "two weeks by default");
+    let today = aircall_ingest::admin::rfc3339(now_ms())[..10].to_string();
+    assert_eq!(days[13]["date"], json!(today), "today last");
+    assert_eq!(
+        days[0]["date"],
+        json!(aircall_ingest::admin::rfc3339(now_ms() - 13 * 86_400_000)[..10])
+    );
+    // Today holds every decision so far (the first import decided nothing: no history).
+    let (_, view) = t.get("/api/connections/acme").await;
+    for outcome in ["imported", "skipped", "pending", "failed"] {
+        assert_eq!(
+            days[13][outcome], view["calls"][outcome],
+            "{outcome}: {activity}"
+        );
+        let earlier: u64 = days[..13]
+            .iter()
+            .map(|d| d[outcome].as_u64().unwrap())
+            .sum();
+        assert_eq!(earlier, 0, "{outcome}: {activity}");
+    }
+    assert!(days[13]["imported"].as_u64().unwrap() >= 1);
+
+    let (_, week) = t.get("/api/connections/acme/activity?days=7").await;
+    assert_eq!(week["days"].as_array().unwrap().len(), 7);
+    for bad in ["0", "91", "x"] {
+        let (status, body) = t
+            .get(&format!("/api/connections/acme/activity?days={bad}"))
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid_query"))
+        );
+    }
+    let (status, body) = t.get("/api/connections/nobody/activity").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("unknown_connection"))
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_is_served_for_imported_calls_only() {
+    let mut t = AdminTest::start("admin-recording", |_| {}).await;
+    t.start_worker();
+    t.connect("acme").await;
+    t.wait_report_after("acme", 0).await;
+    let imported = t.add_call(&t.call());
+    let skipped = t.add_call(&CallSpec {
+        agent_email: Some(t.unpaid()),
+        ..t.call()
+    });
+    let record = t
+        .wait_call("acme", imported, |c| c["outcome"] == "imported")
+        .await;
+    t.wait_call("acme", skipped, |c| c["outcome"] == "skipped")
+        .await;
+    let get = |path: String| {
+        reqwest::Client::new()
+            .get(format!("{}{path}", t.app.url.trim_end_matches('/')))
+            .bearer_auth(DEVELOPMENT_ADMIN_TOKEN)
+            .send()
+    };
+
+    let played = get(format!("/api/connections/acme/calls/{imported}/recording"))
+        .await
+        .unwrap();
+    assert_eq!(played.status(), 200);
+    assert_eq!(played.headers()["content-type"], "audio/mpeg");
+    assert_eq!(
+        played.headers()["content-length"],
+        record["recording"]["bytes"].to_string().as_str()
+    );
+    let body = played.bytes().await.unwrap();
+    use sha2::Digest as _;
+    assert_eq!(
+        json!(hex::encode(sha2::Sha256::digest(&body))),
+        record["recording"]["sha256"]
+    );
+
+    for (path, code) in [
+        (
+            format!("/api/connections/acme/calls/{skipped}/recording"),
+            "not_imported",
+        ),
+        (
+            "/api/connections/acme/calls/123/recording".into(),
+            "not_imported",
+        ),
+        (
+            "/api/connections/acme/calls/abc/recording".into(),
+            "not_imported",
+        ),
+        (
+            "/api/connections/nobody/calls/1/recording".into(),
+            "unknown_connection",
+        ),
+    ] {
+        let answer = get(path.clone()).await.unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}");
+    }
+
+    // The file gone from storage: said so, not a 500.
+    let key = record["recording"]["recording_key"].as_str().unwrap();
+    std::fs::remove_file(t.root.join(key)).unwrap();
+    let answer = get(format!("/api/connections/acme/calls/{imported}/recording"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "recording_missing");
     t.stop().await;
 }
 

@@ -6,6 +6,7 @@ mod admin;
 mod chaos;
 mod client;
 mod config;
+mod console;
 mod disruptive;
 mod fuzz_corpus;
 mod helpers;

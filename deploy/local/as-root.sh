@@ -1,0 +1,12 @@
+# Sourced by the local scripts: `as_root CMD…` runs CMD as root (directly, or through sudo).
+# Expects the sourcing script's `say`.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    say "need root to run: $*"
+    return 1
+  fi
+}
