@@ -149,6 +149,7 @@ if [ "$once" -eq 1 ]; then
   exit 0
 fi
 echo "[demo] running (a live call every ~30 s); try:"
+echo "[demo]   the operator console: http://$SERVE_ADDR/console (admin token: $token)"
 echo "[demo]   curl -H 'Authorization: Bearer $token' $api/connections/demo/calls"
 echo "[demo]   curl $api/openapi.json"
 echo "[demo]   curl -X POST http://$SIM_ADDR/_sim/companies/1/calls -H 'content-type: application/json' -d '{}'"
