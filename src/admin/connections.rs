@@ -462,8 +462,9 @@ const MAX_ACTIVITY_DAYS: u32 = 90;
         ("call_id" = u64, Path, description = "The call's Aircall id."),
     ),
     responses(
-        (status = 200, description = "The recording as stored.", content_type = "audio/mpeg", body = Vec<u8>),
+        (status = 200, description = "The recording as stored.", content_type = "audio/mpeg", body = Recording),
         (status = 404, description = "No such connection (`unknown_connection`), the call was not imported (`not_imported`) or its recording is no longer in storage (`recording_missing`).", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable (`redis_unavailable`) or the storage cannot be read (`storage_unavailable`); retry after `Retry-After` seconds.", body = ErrorBody),
     )
 )]
 #[get("/connections/{id}/calls/{call_id}/recording")]
@@ -507,25 +508,17 @@ async fn recording(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "recording_missing",
-            format!(
-                "call {call_id} was imported, but its recording is no longer at {}",
-                stored.location
-            ),
+            format!("call {call_id} was imported, but its recording is no longer in storage"),
         ));
     };
-    let file_name = stored
-        .recording_key
-        .rsplit('/')
-        .next()
-        .unwrap_or("recording.mp3")
-        .to_string();
+    use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
     Ok(HttpResponse::Ok()
         .content_type("audio/mpeg")
         .no_chunking(reading.bytes)
-        .insert_header((
-            actix_web::http::header::CONTENT_DISPOSITION,
-            format!("inline; filename=\"{file_name}\""),
-        ))
+        .insert_header(ContentDisposition {
+            disposition: DispositionType::Inline,
+            parameters: vec![DispositionParam::Filename(format!("{call_id}.mp3"))],
+        })
         .insert_header((actix_web::http::header::CACHE_CONTROL, "private, no-store"))
         .streaming(reading.body))
 }

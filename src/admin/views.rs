@@ -300,6 +300,12 @@ impl From<DayCounts> for DayView {
     }
 }
 
+/// A recording's bytes (`audio/mpeg`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct Recording(Vec<u8>);
+
 /// `GET /api/dead-letters` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -6,8 +6,8 @@
 //! `target/console-screenshots/`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
 use aircall_ingest::config::DEVELOPMENT_ADMIN_TOKEN;
 use aircall_ingest::sim::{CallSpec, CompanySpec, Faults};
@@ -23,6 +23,19 @@ fn chromium() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
+
+/// Node.js: `NODE`, else the one `deploy/local/browser.sh` fetched where the system's is too
+/// old, else the system's.
+fn node() -> PathBuf {
+    let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/node/bin/node");
+    std::env::var_os("NODE")
+        .map(PathBuf::from)
+        .or_else(|| fetched.is_file().then_some(fetched))
+        .unwrap_or_else(|| PathBuf::from("node"))
+}
+
+/// The most the browser steps may take (they take seconds).
+const BROWSER_DEADLINE: Duration = Duration::from_secs(300);
 
 fn console_tests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console")
@@ -117,8 +130,9 @@ async fn the_console_connects_explains_each_call_and_replays_dead_letters() {
     let imported_bytes = t.call().recording_bytes.unwrap();
 
     let run = {
-        let mut command = Command::new("node");
+        let mut command = Command::new(node());
         command
+            .kill_on_drop(true)
             .current_dir(&tests)
             .args(["--test", "--test-concurrency=1", "console.test.mjs"])
             .env("CONSOLE_URL", &base)
@@ -132,9 +146,9 @@ async fn the_console_connects_explains_each_call_and_replays_dead_letters() {
             .env("DEAD_LETTER_CALL", dead.to_string())
             .env("SCREENSHOTS", &screenshots)
             .env("CHROMIUM", chromium());
-        tokio::task::spawn_blocking(move || command.output())
+        tokio::time::timeout(BROWSER_DEADLINE, command.output())
             .await
-            .unwrap()
+            .expect("the browser steps finish within 5 minutes")
             .expect("node runs")
     };
     let output = format!(

@@ -79,18 +79,50 @@ function alertBox(kind, message, items = []) {
 
 /** Whether the operator moved to another page (the first page of a visit keeps the focus at the top). */
 let navigated = false;
+/** Counts moves to another page: a page still loading for an earlier one must not draw. */
+let navigation = 0;
+/** Recordings loaded into the page, released when the operator leaves it. */
+let objectUrls = [];
 
-/** Puts `nodes` in the view; after a move to another page, focus goes there too (for keyboard and screen-reader users). */
-function show(...nodes) {
-  view.replaceChildren(...nodes.flat().filter((node) => node !== null && node !== undefined && node !== false));
-  // Which page is on screen (the hash it was rendered for): what a test waits on.
-  view.dataset.page = location.hash;
-  if (navigated) view.focus({ preventScroll: true });
+/**
+ * A new page: returns its `show(...nodes)`, which puts `nodes` in the view as long as the operator
+ * has not moved on since; after a move, focus goes to the new content too (for keyboard and
+ * screen-reader users).
+ */
+function newPage() {
+  const mine = ++navigation;
+  const hash = location.hash;
+  for (const url of objectUrls) URL.revokeObjectURL(url);
+  objectUrls = [];
+  const show = (...nodes) => {
+    if (!show.current()) return;
+    view.replaceChildren(...nodes.flat().filter((node) => node !== null && node !== undefined && node !== false));
+    // Which page is on screen (the hash it was drawn for): what a test waits on.
+    view.dataset.page = hash;
+    if (navigated) view.focus({ preventScroll: true });
+  };
+  /** Whether the operator is still on this page. */
+  show.current = () => mine === navigation;
+  return show;
 }
 
-function busy(button, promise) {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Runs an action started by `button`: the button is disabled meanwhile and keeps the focus after;
+ * a failure is shown beside it rather than lost, and a refused token leads to signing in again.
+ */
+async function busy(button, promise) {
   button.disabled = true;
-  return promise.finally(() => { button.disabled = false; });
+  try {
+    await promise;
+  } catch (e) {
+    if (e instanceof SignedOut) return route();
+    button.after(alertBox("error", `That did not work: ${e.message}`));
+  } finally {
+    button.disabled = false;
+    if (button.isConnected && document.activeElement === document.body) button.focus();
+  }
 }
 
 /** The confirmation dialog; resolves to true when confirmed. */
@@ -110,8 +142,13 @@ function confirmAction(title, text, action) {
 
 class SignedOut extends Error {}
 
-/** One admin API request: `{status, body}`; a refused token sends the operator to sign in. */
-async function api(method, path, body) {
+const UNREACHABLE = { error: { code: "unreachable", message: "The service cannot be reached. Check your network and try again." } };
+
+/**
+ * One admin API request with the token: the `Response`, or `null` when the service cannot be
+ * reached. A refused token is forgotten and throws `SignedOut`.
+ */
+async function request(method, path, body) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) throw new SignedOut();
   const headers = { Authorization: `Bearer ${token}` };
@@ -119,13 +156,20 @@ async function api(method, path, body) {
   let response;
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (e) {
-    return { status: 0, body: { error: { code: "unreachable", message: "The service cannot be reached. Check your network and try again." } } };
+  } catch {
+    return null;
   }
   if (response.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
     throw new SignedOut();
   }
+  return response;
+}
+
+/** One admin API request: `{status, body}` (status 0 when the service cannot be reached). */
+async function api(method, path, body) {
+  const response = await request(method, path, body);
+  if (!response) return { status: 0, body: UNREACHABLE };
   const text = await response.text();
   let parsed;
   try { parsed = text ? JSON.parse(text) : null; } catch { parsed = { error: { code: "unreadable", message: text } }; }
@@ -145,7 +189,7 @@ const enc = encodeURIComponent;
 
 // ------------------------------------------------------------------------------ sign in
 
-function signIn(problem) {
+function signIn(show, problem) {
   const input = el("input", { id: "token", type: "password", autocomplete: "current-password", required: true });
   const form = el("form", { class: "card", "aria-labelledby": "sign-in-title" },
     el("h1", { id: "sign-in-title" }, "Sign in"),
@@ -159,10 +203,10 @@ function signIn(problem) {
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
     try {
       const answer = await api("GET", "/api/connections?limit=1");
-      if (answer.status !== 200) return show(signIn(errorOf(answer).message));
+      if (answer.status !== 200) return show(signIn(show, errorOf(answer).message));
       route();
     } catch (e) {
-      if (e instanceof SignedOut) show(signIn("That admin token is wrong."));
+      if (e instanceof SignedOut) show(signIn(show, "That admin token is wrong."));
       else throw e;
     }
   });
@@ -173,7 +217,7 @@ function signIn(problem) {
 
 // ------------------------------------------------------------------------------ connections
 
-async function connectionsPage(params) {
+async function connectionsPage(show, params) {
   const cursor = params.get("cursor");
   const answer = await api("GET", `/api/connections?limit=50${cursor ? `&cursor=${enc(cursor)}` : ""}`);
   if (answer.status !== 200) return show(el("h1", {}, "Connections"), errorAlert(answer));
@@ -198,7 +242,7 @@ async function connectionsPage(params) {
       : null);
 }
 
-function connectPage() {
+function connectPage(show) {
   const field = (id, label, attrs = {}, hint) => [
     el("label", { for: id }, label, hint ? el("span", { class: "hint", id: `${id}-hint` }, hint) : null),
     el(attrs.rows ? "textarea" : "input", { id, name: id, "aria-describedby": hint ? `${id}-hint` : null, ...attrs }),
@@ -259,7 +303,8 @@ function connectionSummary(c) {
       el("dt", {}, "First import"), el("dd", {}, c.sync.first_import_at ? when(c.sync.first_import_at) : (c.sync.running ? "running now" : "not run yet"))));
 }
 
-async function connectionPage(id) {
+/** A connection's page; `notice` (an alert) shows at its top, after an action redrew it. */
+async function connectionPage(show, id, notice) {
   const [answer, users, activity] = await Promise.all([
     api("GET", `/api/connections/${enc(id)}`),
     api("GET", `/api/connections/${enc(id)}/users`),
@@ -269,19 +314,31 @@ async function connectionPage(id) {
   const c = answer.body;
   const calls = (query) => `#/connections/${enc(id)}/calls${query ? `?${query}` : ""}`;
   const count = (label, value, query) => el("a", { class: "count", href: calls(query) }, el("strong", {}, value), label);
-  const notice = el("div");
+  const reload = (message) => connectionPage(show, id, message);
+  const notices = el("div", {}, notice);
   const syncButton = el("button", { type: "button", class: "secondary" }, "Sync now");
   syncButton.addEventListener("click", () => busy(syncButton, (async () => {
+    const asked = Date.now();
     const started = await api("POST", `/api/connections/${enc(id)}/sync`);
-    notice.replaceChildren(started.status === 202
-      ? alertBox("ok", "A reconciliation pass has started; its report shows here when it ends.")
-      : errorAlert(started));
+    if (started.status !== 202) return notices.replaceChildren(errorAlert(started));
+    notices.replaceChildren(alertBox("info", "A reconciliation pass is running; its report shows here when it ends."));
+    // Until the pass's report is there (or the operator moved on).
+    for (let waited = 0; waited < 120_000 && show.current(); waited += 1500) {
+      await sleep(1500);
+      const now = await api("GET", `/api/connections/${enc(id)}`);
+      const report = now.body?.sync?.last_report;
+      if (now.status === 200 && !now.body.sync.running && report && report.started_at_ms >= asked - 5000) {
+        return reload(report.error
+          ? alertBox("error", `The pass failed: ${report.error}`)
+          : alertBox("ok", `The pass finished: ${report.calls_seen} calls seen, ${report.queued} queued.`));
+      }
+    }
   })()));
   show(
     el("div", { class: "head" },
       el("h1", {}, c.id), badge(c.status), el("span", { class: "spacer" }),
       el("a", { href: calls() }, "Calls →")),
-    notice,
+    notices,
     el("div", { class: "grid" },
       el("section", { class: "card", "aria-labelledby": "status-title" },
         el("h2", { id: "status-title" }, "Status"),
@@ -305,8 +362,8 @@ async function connectionPage(id) {
       c.pending.next_recheck_at ? el("p", { class: "muted small" }, `Next re-check of a pending call: ${when(c.pending.next_recheck_at)}`) : null,
       activity.status === 200 ? activityChart(activity.body.days) : errorAlert(activity)),
     el("div", { class: "grid" },
-      usersEditor(id, users),
-      el("div", {}, rotateForm(id), disconnectCard(id))));
+      usersEditor(id, users, reload),
+      el("div", {}, rotateForm(id, reload), disconnectCard(show, id))));
 }
 
 function syncReport(sync) {
@@ -359,21 +416,30 @@ function activityChart(days) {
     table);
 }
 
-function usersEditor(id, answer) {
+function usersEditor(id, answer, reload) {
+  if (answer.status !== 200) {
+    // Never an empty editor standing for a list that could not be read: saving it would erase the list.
+    const retry = el("button", { type: "button", class: "secondary" }, "Try again");
+    retry.addEventListener("click", () => busy(retry, reload()));
+    return el("section", { class: "card", "aria-labelledby": "users-title" },
+      el("h2", { id: "users-title" }, "Paying users"), errorAlert(answer), retry);
+  }
   const area = el("textarea", { id: "paying-users", rows: 8, spellcheck: "false", "aria-describedby": "paying-users-hint" },
-    answer.status === 200 ? answer.body.emails.join("\n") : "");
+    answer.body.emails.join("\n"));
   const result = el("div");
   const save = el("button", { type: "submit" }, "Save paying users");
   const form = el("form", { class: "card", "aria-labelledby": "users-title" },
     el("h2", { id: "users-title" }, "Paying users"),
-    answer.status === 200 ? null : errorAlert(answer),
-    el("label", { for: "paying-users" }, `Emails (${answer.status === 200 ? answer.body.count : "?"})`,
+    el("label", { for: "paying-users" }, `Emails (${answer.body.count})`,
       el("span", { class: "hint", id: "paying-users-hint" }, "One per line. Calls are imported only when the agent's Aircall email is one of these.")),
     area, result, el("div", { class: "actions" }, save));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     busy(save, (async () => {
-      const saved = await api("PUT", `/api/connections/${enc(id)}/users`, { emails: emailsIn(area.value) });
+      const emails = emailsIn(area.value);
+      if (!emails.length && !(await confirmAction("Remove every paying user?",
+        "No call of this connection is imported until the list has an email again.", "Remove all"))) return;
+      const saved = await api("PUT", `/api/connections/${enc(id)}/users`, { emails });
       if (saved.status === 200) {
         area.removeAttribute("aria-invalid");
         area.value = saved.body.emails.join("\n");
@@ -387,7 +453,7 @@ function usersEditor(id, answer) {
   return form;
 }
 
-function rotateForm(id) {
+function rotateForm(id, reload) {
   const result = el("div");
   const save = el("button", { type: "submit" }, "Replace credentials");
   const form = el("form", { class: "card", "aria-labelledby": "rotate-title" },
@@ -404,9 +470,8 @@ function rotateForm(id) {
         api_token: form.querySelector("#rotate-api-token").value.trim(),
       });
       if (answer.status === 200) {
-        form.reset();
         const extra = answer.body.dead_letters_replayed ? ` ${answer.body.dead_letters_replayed} parked jobs were queued again.` : "";
-        result.replaceChildren(alertBox("ok", `The new credentials are in use.${extra}`));
+        await reload(alertBox("ok", `The new credentials are in use.${extra}`));
       } else if (errorOf(answer).code === "invalid_credentials") {
         result.replaceChildren(alertBox("error", "Aircall refused the new credentials; the old ones stay. Check that:", errorOf(answer).details?.checks ?? []));
       } else {
@@ -417,23 +482,30 @@ function rotateForm(id) {
   return form;
 }
 
-function disconnectCard(id) {
+function disconnectCard(show, id) {
   const result = el("div");
   const button = el("button", { type: "button", class: "danger" }, "Disconnect");
-  button.addEventListener("click", async () => {
-    const sure = await confirmAction(`Disconnect ${id}?`,
-      "The Aircall webhook is removed and the credentials erased. Imported calls and their recordings stay.", "Disconnect");
-    if (!sure) return button.focus();
-    await busy(button, (async () => {
-      const answer = await api("DELETE", `/api/connections/${enc(id)}`);
+  const disconnect = async (trigger, force) => {
+    const sure = await confirmAction(`Disconnect ${id}?`, force
+      ? "Aircall cannot be reached to remove the webhook: the connection is erased anyway, and the webhook stays on Aircall until someone removes it there."
+      : "The Aircall webhook is removed and the credentials erased. Imported calls and their recordings stay.", "Disconnect");
+    if (!sure) return trigger.focus();
+    await busy(trigger, (async () => {
+      const answer = await api("DELETE", `/api/connections/${enc(id)}${force ? "?force=true" : ""}`);
       if (answer.status === 200) {
-        const hint = answer.body.webhook === "credentials_refused" ? " Aircall refused the credentials: remove the webhook in the Aircall dashboard." : "";
-        show(alertBox("ok", `Disconnected ${id}.${hint}`), el("a", { href: "#/connections" }, "← Connections"));
+        const left = ["credentials_refused", "unreachable", "credentials_unreadable"].includes(answer.body.webhook)
+          ? " Its webhook may still be registered on Aircall: remove it in the Aircall dashboard (Integrations & API → Webhooks)." : "";
+        show(alertBox("ok", `Disconnected ${id}.${left}`), el("a", { href: "#/connections" }, "← Connections"));
+      } else if (errorOf(answer).code === "aircall_unavailable") {
+        const anyway = el("button", { type: "button", class: "danger" }, "Disconnect anyway");
+        anyway.addEventListener("click", () => disconnect(anyway, true));
+        result.replaceChildren(errorAlert(answer), anyway);
       } else {
         result.replaceChildren(errorAlert(answer));
       }
     })());
-  });
+  };
+  button.addEventListener("click", () => disconnect(button, false));
   return el("section", { class: "card", "aria-labelledby": "disconnect-title" },
     el("h2", { id: "disconnect-title" }, "Disconnect"),
     el("p", { class: "muted small" }, "Stops importing this company's calls."),
@@ -442,7 +514,7 @@ function disconnectCard(id) {
 
 // ------------------------------------------------------------------------------ calls
 
-async function callsPage(id, params) {
+async function callsPage(show, id, params) {
   const outcome = params.get("outcome") ?? "";
   const reason = params.get("reason") ?? "";
   const cursor = params.get("cursor") ?? "";
@@ -472,7 +544,7 @@ async function callsPage(id, params) {
     event.preventDefault();
     const next = new URLSearchParams();
     for (const name of ["outcome", "reason"]) if (filters.elements[name].value) next.set(name, filters.elements[name].value);
-    location.hash = `#/connections/${enc(id)}/calls${next.size ? `?${next}` : ""}`;
+    location.hash = `#/connections/${enc(id)}/calls${String(next) ? `?${next}` : ""}`;
   });
   const rows = page.body.items.map((call) => el("tr", { "data-call": call.call_id },
     el("td", { class: "when" }, when(call.started_at ?? call.decided_at)),
@@ -492,7 +564,7 @@ async function callsPage(id, params) {
   const link = (extra) => {
     const q = new URLSearchParams(base);
     for (const [k, v] of Object.entries(extra)) q.set(k, v);
-    return `#/connections/${enc(id)}/calls${q.size ? `?${q}` : ""}`;
+    return `#/connections/${enc(id)}/calls${String(q) ? `?${q}` : ""}`;
   };
   show(
     back,
@@ -506,23 +578,26 @@ async function callsPage(id, params) {
       page.body.next_cursor ? el("a", { href: link({ cursor: page.body.next_cursor }) }, "Older →") : null));
 }
 
-/** Loads an imported call's recording (with the admin token) and offers to play or save it. */
+/**
+ * Loads an imported call's recording (with the admin token) and offers to play or save it. The
+ * page holds it until the operator leaves the page.
+ */
 function recordingButton(id, call) {
   const cell = el("div");
   const button = el("button", { type: "button", class: "secondary" }, `Recording (${size(call.recording.bytes)})`);
   button.addEventListener("click", () => busy(button, (async () => {
-    const token = sessionStorage.getItem(TOKEN_KEY);
-    const response = await fetch(`/api/connections/${enc(id)}/calls/${call.call_id}/recording`, { headers: { Authorization: `Bearer ${token}` } });
-    if (!response.ok) {
-      const answer = { status: response.status, body: await response.json().catch(() => null) };
-      return cell.replaceChildren(errorAlert(answer));
+    const response = await request("GET", `/api/connections/${enc(id)}/calls/${call.call_id}/recording`);
+    if (!response || !response.ok) {
+      const body = response ? await response.json().catch(() => null) : UNREACHABLE;
+      return button.after(errorAlert({ status: response?.status ?? 0, body }));
     }
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
+    objectUrls.push(url);
     cell.dataset.bytes = blob.size;
-    cell.replaceChildren(
-      el("audio", { controls: true, src: url, "aria-label": `Recording of call ${call.call_id}` }),
-      el("a", { href: url, download: `${call.call_id}.mp3` }, "Save"));
+    const audio = el("audio", { controls: true, src: url, "aria-label": `Recording of call ${call.call_id}` });
+    cell.replaceChildren(audio, el("a", { href: url, download: `${call.call_id}.mp3` }, "Save"));
+    audio.focus();
   })()));
   cell.append(button);
   return cell;
@@ -530,7 +605,7 @@ function recordingButton(id, call) {
 
 // ------------------------------------------------------------------------------ dead letters
 
-async function deadLettersPage(notice) {
+async function deadLettersPage(show, notice) {
   const answer = await api("GET", "/api/dead-letters?limit=200");
   if (answer.status !== 200) return show(el("h1", {}, "Dead letters"), errorAlert(answer));
   const replay = async (button, body, what) => {
@@ -539,7 +614,7 @@ async function deadLettersPage(notice) {
       const message = done.status === 200
         ? alertBox("ok", `Queued again: ${done.body.replayed} ${done.body.replayed === 1 ? "job" : "jobs"} (${what}).`)
         : errorAlert(done);
-      await deadLettersPage(message);
+      await deadLettersPage(show, message);
     })());
   };
   const items = answer.body.items;
@@ -574,27 +649,35 @@ async function deadLettersPage(notice) {
 // ------------------------------------------------------------------------------ routing
 
 async function route() {
-  const [path, search = ""] = location.hash.replace(/^#/, "").split("?");
-  const params = new URLSearchParams(search);
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  const section = parts[0] ?? "connections";
-  for (const link of document.querySelectorAll("nav a")) {
-    if (link.dataset.section === section) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
-  }
-  if (!sessionStorage.getItem(TOKEN_KEY)) return show(signIn());
-  document.getElementById("sign-out").hidden = false;
+  const show = newPage();
   try {
-    if (section === "connect") return connectPage();
-    if (section === "dead-letters") return await deadLettersPage();
-    if (section === "connections" && parts[1] && parts[2] === "calls") return await callsPage(parts[1], params);
-    if (section === "connections" && parts[1]) return await connectionPage(parts[1]);
-    return await connectionsPage(params);
+    const [path, search = ""] = location.hash.replace(/^#/, "").split("?");
+    const params = new URLSearchParams(search);
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    const section = parts[0] ?? "connections";
+    for (const link of document.querySelectorAll("nav a")) {
+      if (link.dataset.section === section) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    if (!sessionStorage.getItem(TOKEN_KEY)) return show(signIn(show));
+    document.getElementById("sign-out").hidden = false;
+    if (section === "connect" && parts.length === 1) return connectPage(show);
+    if (section === "dead-letters" && parts.length === 1) return await deadLettersPage(show);
+    if (section === "connections" && parts.length === 3 && parts[2] === "calls") return await callsPage(show, parts[1], params);
+    if (section === "connections" && parts.length === 2) return await connectionPage(show, parts[1]);
+    if (section === "connections" && parts.length <= 1) return await connectionsPage(show, params);
+    show(el("h1", {}, "Not found"), el("p", {}, "No page here. ", el("a", { href: "#/connections" }, "Connections")));
   } catch (e) {
-    if (e instanceof SignedOut) return show(signIn("The admin token was refused: sign in again."));
+    if (e instanceof SignedOut) return show(signIn(show, "The admin token was refused: sign in again."));
     show(alertBox("error", `Something went wrong: ${e.message}`));
   }
 }
+
+// The skip link moves the focus; it is not a page of its own.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  view.focus();
+});
 
 document.getElementById("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
