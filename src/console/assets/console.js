@@ -584,7 +584,8 @@ async function callsPage(show, id, params) {
  */
 function recordingButton(id, call) {
   const cell = el("div");
-  const button = el("button", { type: "button", class: "secondary" }, `Recording (${size(call.recording.bytes)})`);
+  const button = el("button", { type: "button", class: "secondary", "aria-label": `Recording of call ${call.call_id}, ${size(call.recording.bytes)}` },
+    `Play · ${size(call.recording.bytes)}`);
   button.addEventListener("click", () => busy(button, (async () => {
     const response = await request("GET", `/api/connections/${enc(id)}/calls/${call.call_id}/recording`);
     if (!response || !response.ok) {
