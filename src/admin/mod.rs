@@ -484,7 +484,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "operation ids are unique");
-        assert_eq!(count, 11);
+        assert_eq!(count, 13);
         assert_eq!(
             document["security"],
             serde_json::json!([{ "admin_token": [] }])
