@@ -239,9 +239,16 @@ pub struct WorkerSettings {
 pub struct ReconcileSettings {
     /// Time between two passes over one connection, in milliseconds (15 minutes).
     pub interval_ms: u64,
-    /// Up to this much is added to each connection's interval, at random, in milliseconds, so
-    /// connections spread over the cycle instead of running all at once.
+    /// Up to this much is added, at random, to each connection's next due time, in
+    /// milliseconds. (Connections are spread over the cycle anyway: each keeps a place in it,
+    /// from its id.)
     pub jitter_ms: u64,
+    /// Passes one process runs at once, each on its own connection (its own lock and Aircall
+    /// budget). A slow or failing connection holds one of them, never the others.
+    pub concurrency: usize,
+    /// The most one pass may take, in milliseconds; past it the pass is abandoned as failed
+    /// (its watermark unmoved) and its connection tried again a third of an interval later.
+    pub pass_timeout_ms: u64,
     /// How often the loop looks for due connections (and for new connections whose first
     /// import can start), in milliseconds.
     pub tick_ms: u64,
@@ -512,6 +519,8 @@ impl Default for ReconcileSettings {
         Self {
             interval_ms: 15 * 60 * 1_000,
             jitter_ms: 60 * 1_000,
+            concurrency: 16,
+            pass_timeout_ms: 5 * 60 * 1_000,
             tick_ms: 10_000,
             overlap_s: 4 * 3_600 + 15 * 60,
             short_overlap_s: 5 * 60,
@@ -1000,6 +1009,18 @@ impl Settings {
                 86_400_000,
             ),
             (self.reconcile.tick_ms, "reconcile.tick_ms", 100, 3_600_000),
+            (
+                self.reconcile.concurrency as u64,
+                "reconcile.concurrency",
+                1,
+                1_000,
+            ),
+            (
+                self.reconcile.pass_timeout_ms,
+                "reconcile.pass_timeout_ms",
+                1_000,
+                86_400_000,
+            ),
             (self.reconcile.overlap_s, "reconcile.overlap_s", 0, 86_400),
             (
                 self.reconcile.short_overlap_s,

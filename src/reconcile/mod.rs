@@ -20,16 +20,26 @@
 //! Every Aircall request goes through the connection's shared budget, so the poller and the
 //! workers never push a company past its limit together. Each pass leaves a run report.
 //!
+//! **Many connections.** The due connections come from an index sorted by due time (one read,
+//! whatever the number of connections). Up to `reconcile.concurrency` passes run at once, each on
+//! its own connection, under its own lock and budget, and none longer than
+//! `reconcile.pass_timeout_ms`: a connection whose Aircall is slow or failing holds one of them,
+//! while the others go on being started as they come due. Each connection keeps a place in the
+//! cycle derived from its id, so connections made together (a migration, a restart after an
+//! outage) spread over the interval after their first pass instead of coming due together.
+//!
 //! It never downloads or stores anything: that is the worker's job, fed by the queued jobs.
 
 mod report;
 mod state;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use url::Url;
 
@@ -61,6 +71,8 @@ pub enum ReconcileError {
     CredentialsUnreadable,
     #[error("the lock on the connection was lost")]
     LockLost,
+    #[error("the pass took longer than {0} ms (reconcile.pass_timeout_ms) and was abandoned")]
+    TimedOut(u64),
 }
 
 /// What one attempt at a connection came to.
@@ -143,78 +155,114 @@ impl std::fmt::Debug for Clock {
 }
 
 impl Reconciler {
-    /// Runs passes until `cancel` fires: every `tick_ms`, each connection that is due.
+    /// Runs passes until `cancel` fires: every `tick_ms`, each connection that has come due is
+    /// started as soon as one of the `concurrency` places is free. A pass still running does
+    /// not hold up the others, nor the next tick; shutting down waits for the running passes
+    /// (which stop early once `cancel` fired).
     pub async fn run(self, cancel: CancellationToken) {
         info!(
             interval_ms = self.settings.interval_ms,
+            concurrency = self.settings.concurrency,
             "reconciling every connection"
         );
+        let scheduler = Scheduler::new(self.settings.concurrency);
+        let mut repaired_at: Option<i64> = None;
         loop {
-            self.run_due(false, &cancel).await;
+            let now = self.clock.now_ms();
+            if repaired_at.is_none_or(|at| now - at >= self.settings.interval_ms as i64) {
+                self.repair_index().await;
+                repaired_at = Some(now);
+            }
+            self.start_due(&scheduler, now, &cancel).await;
             tokio::select! {
                 () = tokio::time::sleep(self.settings.tick()) => {}
                 () = cancel.cancelled() => break,
             }
         }
+        scheduler.tasks.close();
+        scheduler.tasks.wait().await;
         info!("reconciler stopped");
     }
 
-    /// One round over every connection that is due. With `once` (a CronJob firing every
-    /// interval), "due" is judged against the round's start with half an interval of slack, so
-    /// a connection is never put off by the jitter or by how long the connections before it
-    /// took.
+    /// One round over every connection that is due, `concurrency` at a time, and its totals
+    /// once every pass ended. With `once` (a CronJob firing every interval), "due" is judged
+    /// against the round's start with half an interval of slack, so a connection is never put
+    /// off by the jitter or by how long the connections before it took.
     pub async fn run_due(&self, once: bool, cancel: &CancellationToken) -> Round {
-        let mut round = Round::default();
-        let ids = match self.connections.ids().await {
-            Ok(ids) => ids,
-            Err(e) => {
-                warn!(error = %e, "cannot list the connections");
-                round.failed += 1;
-                return round;
-            }
-        };
+        self.repair_index().await;
         let round_start = self.clock.now_ms();
-        let slack = if once {
-            self.settings.interval_ms as i64 / 2
+        let due_by = if once {
+            round_start + self.settings.interval_ms as i64 / 2
         } else {
-            0
+            round_start
         };
-        for id in ids {
-            if cancel.is_cancelled() {
-                break;
+        let scheduler = Scheduler::new(self.settings.concurrency);
+        self.start_due(&scheduler, due_by, cancel).await;
+        scheduler.tasks.close();
+        scheduler.tasks.wait().await;
+        *scheduler
+            .round
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds the connections missing from the due index (and drops entries of none).
+    async fn repair_index(&self) {
+        let repaired = match self.connections.ids().await {
+            Ok(ids) => self.state.repair_index(&ids).await,
+            Err(e) => Err(e),
+        };
+        match repaired {
+            Ok(0) => {}
+            Ok(n) => info!(entries = n, "due index repaired"),
+            Err(e) => warn!(error = %e, "cannot check the due index"),
+        }
+    }
+
+    /// Starts a pass for each connection due by `due_by` and not running already, waiting for a
+    /// free place before each; returns once all are started (or `cancel` fired).
+    async fn start_due(&self, scheduler: &Scheduler, due_by: i64, cancel: &CancellationToken) {
+        let due = match self.state.due(due_by, DUE_BATCH).await {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "cannot read the due connections");
+                scheduler.count(Err(()));
+                return;
             }
-            let due_by = if once {
-                round_start + slack
-            } else {
-                self.clock.now_ms()
-            };
-            let due = match self.state.get(&id).await {
-                Ok(state) => state.next_due_ms <= due_by,
-                Err(e) => {
-                    warn!(connection = %id, error = %e, "cannot read the reconciliation state");
-                    round.failed += 1;
-                    continue;
-                }
-            };
-            if !due {
+        };
+        for id in due {
+            if !scheduler.claim(&id) {
                 continue;
             }
-            let span = info_span!("reconcile", connection = %id);
-            match self
-                .run_locked(&id, Some(due_by), cancel)
-                .instrument(span)
-                .await
-            {
-                Ok(Pass::Ran(report)) if report.error.is_none() => round.succeeded += 1,
-                Ok(Pass::Ran(_)) => round.failed += 1,
-                Ok(Pass::Skipped(_)) => round.skipped += 1,
-                Err(e) => {
-                    warn!(connection = %id, error = %e, "cannot reconcile");
-                    round.failed += 1;
+            let place = tokio::select! {
+                place = scheduler.places.clone().acquire_owned() => place,
+                () = cancel.cancelled() => {
+                    scheduler.release(&id);
+                    return;
                 }
-            }
+            };
+            let Ok(place) = place else { return };
+            let (reconciler, scheduler_, cancel) =
+                (self.clone(), scheduler.clone(), cancel.clone());
+            scheduler.tasks.spawn(async move {
+                let span = info_span!("reconcile", connection = %id);
+                let pass = reconciler
+                    .run_locked(&id, Some(due_by), &cancel)
+                    .instrument(span)
+                    .await;
+                scheduler_.count(match &pass {
+                    Ok(Pass::Ran(report)) if report.error.is_none() => Ok(true),
+                    Ok(Pass::Ran(_)) => Err(()),
+                    Ok(Pass::Skipped(_)) => Ok(false),
+                    Err(e) => {
+                        warn!(connection = %id, error = %e, "cannot reconcile");
+                        Err(())
+                    }
+                });
+                scheduler_.release(&id);
+                drop(place);
+            });
         }
-        round
     }
 
     /// One pass over one connection, now, under its lock.
@@ -264,16 +312,25 @@ impl Reconciler {
         cancel: &CancellationToken,
     ) -> Result<Pass, ReconcileError> {
         let Some(connection) = self.connections.get(id).await? else {
+            self.state.unindex(id).await?;
             return Ok(Pass::Skipped("unknown_connection"));
+        };
+        // A connection that cannot be passed over now leaves the index until it is made due
+        // again (new credentials, paying users set: both make it due) — or an interval later.
+        let put_off = || {
+            self.state
+                .index(id, self.clock.now_ms() + self.settings.interval_ms as i64)
         };
         if connection.status == ConnectionStatus::InvalidCredentials {
             // Nothing to ask Aircall with; new credentials reset the status.
+            put_off().await?;
             return Ok(Pass::Skipped("invalid_credentials"));
         }
         // The version first: a change landing between the two reads is seen again next pass.
         let users_version = self.connections.users_version(id).await?;
         let users = self.connections.paying_users(id).await?;
         if users.is_empty() {
+            put_off().await?;
             return Ok(Pass::Skipped("waiting_for_users"));
         }
         let Some(lock) = self.locks.acquire_key(self.state.lock_key(id)).await? else {
@@ -281,15 +338,19 @@ impl Reconciler {
         };
         let mut state = self.state.get(id).await?;
         if due_by.is_some_and(|by| state.next_due_ms > by) {
+            // Another replica just ran it, or the index was behind: now it is right.
+            self.state.index(id, state.next_due_ms).await?;
             lock.release().await;
             return Ok(Pass::Skipped("not_due"));
         }
         let started_ms = self.clock.now_ms();
         let mut report = RunReport::new(id, started_ms);
         let client = self.client(&connection, cancel)?;
+        let deadline = Duration::from_millis(self.settings.pass_timeout_ms);
         let outcome = tokio::select! {
             outcome = self.pass(&connection, &lock, (&users, users_version), &client, &mut state, &mut report) => outcome,
             () = lock.lost() => Err(ReconcileError::LockLost),
+            () = tokio::time::sleep(deadline) => Err(ReconcileError::TimedOut(self.settings.pass_timeout_ms)),
         };
         if cancel.is_cancelled() {
             // Shutting down mid-pass: the next process runs it again as soon as it starts;
@@ -318,11 +379,10 @@ impl Reconciler {
         // The next pass comes an interval later (plus jitter); after a failure, a third of an
         // interval later, since what failed (the first import, say) is still owed. A failed
         // pass left the watermark where the last good one put it.
-        state.next_due_ms = started_ms
-            + match &outcome {
-                Ok(()) => self.next_interval_ms(),
-                Err(_) => self.settings.interval_ms as i64 / 3,
-            };
+        state.next_due_ms = match &outcome {
+            Ok(()) => self.next_due_ms(id, started_ms),
+            Err(_) => started_ms + self.settings.interval_ms as i64 / 3,
+        };
         state.last_run_at_ms = started_ms;
         report.log();
         // Written only while the lock is still this pass's: another replica holding it now, or
@@ -345,12 +405,16 @@ impl Reconciler {
         Ok(Pass::Ran(Box::new(report)))
     }
 
-    fn next_interval_ms(&self) -> i64 {
+    /// When a connection whose pass started at `started_ms` is due next: at its own place in
+    /// the cycle (see [`cycle_place_ms`]), the first one at least half an interval away — so an
+    /// interval apart from one pass to the next once in place — plus up to `jitter_ms`.
+    fn next_due_ms(&self, id: &ConnectionId, started_ms: i64) -> i64 {
+        let interval = self.settings.interval_ms as i64;
         let jitter = match self.settings.jitter_ms {
             0 => 0,
             j => fastrand::u64(0..=j),
         };
-        (self.settings.interval_ms + jitter) as i64
+        due_at_place(cycle_place_ms(id, interval), interval, started_ms) + jitter as i64
     }
 
     fn client(
@@ -819,6 +883,76 @@ impl Reconciler {
 
 /// Decided for good as far as reconciliation goes: imported, skipped for a final reason, or in
 /// the dead-letter queue for a person to look at.
+/// Most due connections read from the index per tick (the rest are read at the next one).
+const DUE_BATCH: usize = 10_000;
+
+/// A connection's place in the reconciliation cycle: an offset into the interval derived from
+/// its id alone (FNV-1a), the same on every replica and after every restart, spread evenly
+/// over the interval across connections.
+fn cycle_place_ms(id: &ConnectionId, interval_ms: i64) -> i64 {
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % interval_ms.max(1) as u64) as i64
+}
+
+/// The first time at `place` in the cycle (`time mod interval == place`) at least half an
+/// interval after `started_ms`.
+fn due_at_place(place: i64, interval: i64, started_ms: i64) -> i64 {
+    let earliest = started_ms + interval / 2;
+    let due = earliest - earliest.rem_euclid(interval) + place;
+    if due < earliest { due + interval } else { due }
+}
+
+/// The passes of one process: the free places, the connections being passed over now (never
+/// two passes of one connection from one process), the running tasks and the round's totals.
+#[derive(Clone)]
+struct Scheduler {
+    places: Arc<Semaphore>,
+    running: Arc<Mutex<HashSet<ConnectionId>>>,
+    tasks: TaskTracker,
+    round: Arc<Mutex<Round>>,
+}
+
+impl Scheduler {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(concurrency.max(1))),
+            running: Arc::default(),
+            tasks: TaskTracker::new(),
+            round: Arc::default(),
+        }
+    }
+
+    /// Marks `id` as being passed over; false when it already is.
+    fn claim(&self, id: &ConnectionId) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone())
+    }
+
+    fn release(&self, id: &ConnectionId) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Counts a pass: `Ok(true)` succeeded, `Ok(false)` skipped, `Err` failed.
+    fn count(&self, pass: Result<bool, ()>) {
+        let mut round = self
+            .round
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pass {
+            Ok(true) => round.succeeded += 1,
+            Ok(false) => round.skipped += 1,
+            Err(()) => round.failed += 1,
+        }
+    }
+}
+
 fn settled(known: Option<&OutcomeRecord>) -> bool {
     known.is_some_and(|record| match record.outcome {
         Outcome::Imported | Outcome::Failed => true,
@@ -854,3 +988,49 @@ fn skip_reason(code: &str) -> Option<SkipReason> {
 
 /// Counts per reason, for reports.
 pub type ReasonCounts = BTreeMap<String, u64>;
+
+#[cfg(test)]
+mod cycle_tests {
+    use super::*;
+
+    const INTERVAL: i64 = 15 * 60 * 1_000;
+
+    #[test]
+    fn connections_spread_evenly_over_the_cycle() {
+        // 10,000 connections over the fifteen minutes of the cycle: about 667 a minute.
+        let mut per_minute = [0u32; 15];
+        for i in 0..10_000 {
+            let id = ConnectionId::parse(&format!("customer-{i}")).unwrap();
+            let place = cycle_place_ms(&id, INTERVAL);
+            assert!((0..INTERVAL).contains(&place));
+            per_minute[(place / 60_000) as usize] += 1;
+        }
+        for (minute, count) in per_minute.iter().enumerate() {
+            assert!(
+                (560..=780).contains(count),
+                "minute {minute}: {count} connections ({per_minute:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_its_place_an_interval_apart() {
+        let id = ConnectionId::parse("acme").unwrap();
+        let place = cycle_place_ms(&id, INTERVAL);
+        for started in [
+            0,
+            1,
+            123_456_789,
+            1_796_000_000_000,
+            1_796_000_000_000 + place,
+        ] {
+            let due = due_at_place(place, INTERVAL, started);
+            assert_eq!(due.rem_euclid(INTERVAL), place);
+            assert!(due >= started + INTERVAL / 2 && due < started + INTERVAL * 3 / 2);
+            // Run on time, the next pass comes exactly an interval later.
+            assert_eq!(due_at_place(place, INTERVAL, due), due + INTERVAL);
+            // Run a little late (a tick, a busy place), still at its place.
+            assert_eq!(due_at_place(place, INTERVAL, due + 5_000), due + INTERVAL);
+        }
+    }
+}

@@ -3,7 +3,11 @@
 //!
 //! Keys (the `{connection}` hash tag keeps one connection's keys on one cluster slot):
 //! `{p}:reconcile:{c}` (hash), `{p}:reconcile:{c}:reports` (list, newest first, trimmed),
-//! `{p}:reconcile:{c}:lock` (the pass lock).
+//! `{p}:reconcile:{c}:lock` (the pass lock); and one for all connections,
+//! `{p}:reconcile:due`, a sorted set of connection ids scored by when each is due next (Unix ms),
+//! so finding the due connections costs the same with 10 or 10,000 of them. The hash's
+//! `next_due_ms` is the truth, checked under the connection's lock; the index only says where
+//! to look, and is repaired wherever it is found wrong.
 
 use std::collections::HashMap;
 
@@ -136,14 +140,99 @@ impl StateStore {
             script.arg(field).arg(value);
         }
         let saved: i64 = script.invoke_async(&mut self.redis.clone()).await?;
+        if saved == 1 {
+            // Another key (another cluster slot): not in the script. Should this fail, the
+            // index says "due" too early, and the pass that finds the connection not due yet
+            // puts it right.
+            self.index(id, state.next_due_ms).await?;
+        }
         Ok(saved == 1)
+    }
+
+    fn due_key(&self) -> String {
+        format!("{}:reconcile:due", self.prefix)
+    }
+
+    /// Records in the due index when `id` is due next (Unix ms).
+    pub async fn index(&self, id: &ConnectionId, due_ms: i64) -> Result<(), redis::RedisError> {
+        self.redis
+            .clone()
+            .zadd::<_, _, _, ()>(self.due_key(), id.as_str(), due_ms)
+            .await
+    }
+
+    /// Removes `id` from the due index (it is no connection).
+    pub async fn unindex(&self, id: &ConnectionId) -> Result<(), redis::RedisError> {
+        self.redis
+            .clone()
+            .zrem::<_, _, ()>(self.due_key(), id.as_str())
+            .await
+    }
+
+    /// The connections the index says are due by `by_ms`, soonest first, at most `limit`.
+    pub async fn due(
+        &self,
+        by_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, redis::RedisError> {
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.due_key())
+            .arg("-inf")
+            .arg(by_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| ConnectionId::parse(&id).ok())
+            .collect())
+    }
+
+    /// Makes the index hold exactly `connections`: a connection missing from it (made before
+    /// the index existed, or whose entry a failure lost) is added with its state's due time,
+    /// an entry of no connection is removed. Returns how many entries it changed. Costs a read
+    /// per connection: the reconciler runs it once per interval, not per tick.
+    pub async fn repair_index(
+        &self,
+        connections: &[ConnectionId],
+    ) -> Result<usize, redis::RedisError> {
+        let indexed: Vec<String> = self.redis.clone().zrange(self.due_key(), 0, -1).await?;
+        let indexed: std::collections::HashSet<String> = indexed.into_iter().collect();
+        let wanted: std::collections::HashSet<&str> =
+            connections.iter().map(ConnectionId::as_str).collect();
+        let mut changed = 0;
+        for id in connections
+            .iter()
+            .filter(|id| !indexed.contains(id.as_str()))
+        {
+            let state = self.get(id).await?;
+            self.index(id, state.next_due_ms).await?;
+            changed += 1;
+        }
+        let stale: Vec<&String> = indexed
+            .iter()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .collect();
+        if !stale.is_empty() {
+            self.redis
+                .clone()
+                .zrem::<_, _, ()>(self.due_key(), stale.as_slice())
+                .await?;
+            changed += stale.len();
+        }
+        Ok(changed)
     }
 
     /// Makes the connection due at once (a manual sync, or paying users just set).
     pub async fn make_due(&self, id: &ConnectionId) -> Result<(), redis::RedisError> {
-        self.redis
-            .clone()
-            .hset::<_, _, _, ()>(self.key(id), "next_due_ms", 0)
+        redis::pipe()
+            .hset(self.key(id), "next_due_ms", 0)
+            .ignore()
+            .zadd(self.due_key(), id.as_str(), 0)
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
             .await
     }
 
@@ -167,9 +256,12 @@ impl StateStore {
     /// Forgets a connection's state (it was disconnected): watermark, reports and lock, so a
     /// pass running now loses its lock and records nothing.
     pub async fn delete(&self, id: &ConnectionId) -> Result<(), redis::RedisError> {
-        self.redis
-            .clone()
-            .del::<_, ()>(&[self.key(id), self.reports_key(id), self.lock_key(id)])
+        redis::pipe()
+            .del(&[self.key(id), self.reports_key(id), self.lock_key(id)])
+            .ignore()
+            .zrem(self.due_key(), id.as_str())
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
             .await
     }
 

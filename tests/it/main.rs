@@ -17,6 +17,7 @@ mod proxy;
 mod rate_limit;
 mod reconcile;
 mod s3;
+mod scale;
 mod security;
 mod shutdown;
 mod simulator;

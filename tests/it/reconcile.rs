@@ -427,6 +427,9 @@ async fn the_loop_starts_a_first_import_as_soon_as_the_paying_users_are_set() {
         .set_paying_users(&id, &PayingUsers::new([h.paying_agent()]), 1)
         .await
         .unwrap();
+    // As the admin API does with every change of the users (a waiting connection is not looked
+    // at again before that, or an interval later).
+    state.make_due(&id).await.unwrap();
     assert!(
         eventually_async(Duration::from_secs(5), || async {
             state
