@@ -222,7 +222,7 @@ impl Reconciler {
     /// Starts a pass for each connection due by `due_by` and not running already, waiting for a
     /// free place before each; returns once all are started (or `cancel` fired).
     async fn start_due(&self, scheduler: &Scheduler, due_by: i64, cancel: &CancellationToken) {
-        let due = match self.state.due(due_by, DUE_BATCH).await {
+        let due = match self.state.due(due_by).await {
             Ok(due) => due,
             Err(e) => {
                 warn!(error = %e, "cannot read the due connections");
@@ -883,9 +883,6 @@ impl Reconciler {
 
 /// Decided for good as far as reconciliation goes: imported, skipped for a final reason, or in
 /// the dead-letter queue for a person to look at.
-/// Most due connections read from the index per tick (the rest are read at the next one).
-const DUE_BATCH: usize = 10_000;
-
 /// A connection's place in the reconciliation cycle: an offset into the interval derived from
 /// its id alone (FNV-1a), the same on every replica and after every restart, spread evenly
 /// over the interval across connections.

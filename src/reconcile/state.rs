@@ -169,19 +169,14 @@ impl StateStore {
             .await
     }
 
-    /// The connections the index says are due by `by_ms`, soonest first, at most `limit`.
-    pub async fn due(
-        &self,
-        by_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<ConnectionId>, redis::RedisError> {
+    /// The connections the index says are due by `by_ms`, soonest first: all of them at once
+    /// (a snapshot of ids, ~20 bytes each), so a round's passes moving their connections'
+    /// scores meanwhile cannot make it skip one.
+    pub async fn due(&self, by_ms: i64) -> Result<Vec<ConnectionId>, redis::RedisError> {
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.due_key())
             .arg("-inf")
             .arg(by_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
             .query_async(&mut self.redis.clone())
             .await?;
         Ok(ids
