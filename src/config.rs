@@ -73,6 +73,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// The `reconcile` role.
     pub reconcile: ReconcileSettings,
+    /// How long per-call outcome records are kept.
+    pub retention: RetentionSettings,
     /// Logging.
     pub log: LogSettings,
     /// Address of the small HTTP listener of `worker` and `reconcile` (`/metrics`, `/healthz`,
@@ -274,6 +276,21 @@ pub struct ReconcileSettings {
     pub reports_kept: usize,
 }
 
+/// How long per-call outcome records are kept, so Redis holds recent activity, not history.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// An outcome record is removed once its decision is older than `import.window_days` plus
+    /// this many days: such a call started outside the import window, so no later look can
+    /// import it (again). Removal is done by the reconciler after each pass over a connection,
+    /// `max_per_pass` records at most each time; the records left by a disconnect expire after
+    /// the same time.
+    pub days_beyond_window: u32,
+    /// Outcome records one reconciliation pass removes at most (in batches of 1,000), so a
+    /// connection with a long history catches up over a few passes, none of them long.
+    pub max_per_pass: usize,
+}
+
 /// Where recordings and metadata go.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -346,6 +363,7 @@ impl Default for Settings {
             import: ImportSettings::default(),
             worker: WorkerSettings::default(),
             reconcile: ReconcileSettings::default(),
+            retention: RetentionSettings::default(),
             log: LogSettings::default(),
             metrics_listen: String::new(),
             shutdown_deadline_ms: 28_000,
@@ -543,6 +561,25 @@ impl ReconcileSettings {
     }
     pub fn lock(&self) -> Duration {
         Duration::from_millis(self.lock_ms)
+    }
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            days_beyond_window: 30,
+            max_per_pass: 10_000,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// How long after its decision an outcome record is kept: the import window plus
+    /// `days_beyond_window`.
+    pub fn outcome_ttl(&self, import: &ImportSettings) -> Duration {
+        Duration::from_secs(
+            (u64::from(import.window_days) + u64::from(self.days_beyond_window)) * 86_400,
+        )
     }
 }
 
@@ -1053,6 +1090,18 @@ impl Settings {
                 "reconcile.reports_kept",
                 1,
                 10_000,
+            ),
+            (
+                self.retention.days_beyond_window.into(),
+                "retention.days_beyond_window",
+                1,
+                3_650,
+            ),
+            (
+                self.retention.max_per_pass as u64,
+                "retention.max_per_pass",
+                1,
+                1_000_000,
             ),
             (
                 self.worker.shutdown_timeout_ms,

@@ -187,6 +187,21 @@ fn every_invalid_value_is_reported_by_the_name_of_its_setting() {
             "5",
             "queue.connect_timeout_ms",
         ),
+        (
+            "AIRCALL_INGEST_RETENTION__DAYS_BEYOND_WINDOW",
+            "0",
+            "retention.days_beyond_window",
+        ),
+        (
+            "AIRCALL_INGEST_RETENTION__DAYS_BEYOND_WINDOW",
+            "3651",
+            "retention.days_beyond_window",
+        ),
+        (
+            "AIRCALL_INGEST_RETENTION__MAX_PER_PASS",
+            "0",
+            "retention.max_per_pass",
+        ),
     ];
     for (var, value, key) in cases {
         let error = load(&[(var, value)]).expect_err(&format!("{var}={value:?} must be refused"));
