@@ -8,10 +8,15 @@
 //! - `{p}:calls:{c}:all`, `…:outcome:{outcome}`, `…:reason:{reason}` sorted sets of call ids
 //!   scored by decision time (ms), for listing and counting;
 //! - `{p}:calls:{c}:pending` sorted set of pending call ids scored by when to look again;
-//! - `{p}:calls:{c}:reasons` set of the reason codes ever recorded (to count and erase them).
+//! - `{p}:calls:{c}:reasons` set of the reason codes recorded (to count and erase them).
 //!
 //! One Lua script moves a call between the indexes, so they never disagree with the hash. An
 //! `imported` record is terminal: nothing overwrites it but another `imported` record.
+//!
+//! Records are not kept forever: once a decision is older than the import window plus
+//! `retention.days_beyond_window`, [`OutcomeStore::compact`] (run by the reconciler after each
+//! pass) removes it from the hash and every index, and a reason code whose index is left empty
+//! leaves the reasons set. So a connection's keys grow with its recent calls, not its history.
 
 use std::collections::BTreeMap;
 
@@ -265,6 +270,86 @@ return erased
 /// Records one [`FORGET_UNDECIDED_LUA`] call erases at most.
 const FORGET_BATCH: usize = 1_000;
 
+/// Erases up to ARGV[3] records decided before ARGV[2] (ms, exclusive), oldest first, from the
+/// hash and every index; then, when any went, drops from the reasons set every code whose index
+/// is empty now (left empty by this batch, or earlier by a record that moved to another reason),
+/// and repacks each key it shrank to at most ARGV[4] entries that is still in Redis's large
+/// encoding: Redis never turns a hash or sorted set back into its compact encoding and shrinks
+/// its table only lazily, so without this a connection whose history went would keep the memory
+/// of its peak. Repacking reads the few entries, deletes the key and writes them again.
+/// KEYS: the hash, the `all` index, the pending index, the reasons set. ARGV: index key prefix,
+/// cutoff (ms), batch size, repack limit. Returns how many records went.
+const COMPACT_LUA: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+if #ids == 0 then
+  return 0
+end
+local touched = {[KEYS[2]] = true}
+local function unindex(key, id)
+  if redis.call('ZREM', key, id) == 1 then
+    touched[key] = true
+  end
+end
+for _, id in ipairs(ids) do
+  local json = redis.call('HGET', KEYS[1], id)
+  local ok, o = false, nil
+  if json then
+    ok, o = pcall(cjson.decode, json)
+  end
+  if ok and type(o) == 'table' and type(o.outcome) == 'string' then
+    unindex(ARGV[1] .. 'outcome:' .. o.outcome, id)
+    if type(o.reason) == 'string' then
+      unindex(ARGV[1] .. 'reason:' .. o.reason, id)
+    end
+  else
+    -- A record that cannot be read (or is missing) still leaves no index entry behind.
+    for _, outcome in ipairs({'imported', 'skipped', 'pending', 'failed'}) do
+      unindex(ARGV[1] .. 'outcome:' .. outcome, id)
+    end
+    for _, reason in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+      unindex(ARGV[1] .. 'reason:' .. reason, id)
+    end
+  end
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  unindex(KEYS[3], id)
+end
+for _, reason in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if redis.call('EXISTS', ARGV[1] .. 'reason:' .. reason) == 0 then
+    redis.call('SREM', KEYS[4], reason)
+  end
+end
+local limit = tonumber(ARGV[4])
+local function large(key)
+  local encoding = redis.call('OBJECT', 'ENCODING', key)
+  return encoding == 'hashtable' or encoding == 'skiplist'
+end
+local size = redis.call('HLEN', KEYS[1])
+if size > 0 and size <= limit and large(KEYS[1]) then
+  local fields = redis.call('HGETALL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
+for key in pairs(touched) do
+  size = redis.call('ZCARD', key)
+  if size > 0 and size <= limit and large(key) then
+    local items = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local args = {}
+    for i = 1, #items, 2 do
+      args[#args + 1] = items[i + 1]
+      args[#args + 1] = items[i]
+    end
+    redis.call('DEL', key)
+    redis.call('ZADD', key, unpack(args))
+  end
+end
+return #ids
+";
+
+/// Keys [`COMPACT_LUA`] leaves with at most this many entries are repacked into Redis's compact
+/// encoding (the default `zset-max-listpack-entries`; hashes allow more by default).
+const REPACK_LIMIT: usize = 128;
+
 /// What [`OutcomeStore::record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -497,6 +582,39 @@ impl OutcomeStore {
             }
             total += (-1 - erased) as u64;
         }
+    }
+
+    /// Removes up to `batch` records decided before `before_ms` (Unix ms), oldest first, from
+    /// the hash and every index, in one atomic step; a reason code whose index is left empty
+    /// leaves the reasons set, and a key left small gets its compact encoding back. Returns how
+    /// many records went (fewer than `batch`: none older is left).
+    ///
+    /// Imported records go too. A call is decided after it started, so a call decided before
+    /// the cutoff (the import window plus the retention ago, see `retention.days_beyond_window`)
+    /// started outside the window: every later look at it (a webhook, a listing, a pending
+    /// re-check, a replayed dead letter, a manual import) skips it `outside_window` by the
+    /// rules, so the record no longer guards anything against a second import.
+    pub async fn compact(
+        &self,
+        connection: &ConnectionId,
+        before_ms: i64,
+        batch: usize,
+    ) -> Result<u64, redis::RedisError> {
+        if batch == 0 {
+            return Ok(0);
+        }
+        let removed: u64 = redis::Script::new(COMPACT_LUA)
+            .key(self.base(connection))
+            .key(self.index(connection, "all"))
+            .key(self.index(connection, "pending"))
+            .key(self.index(connection, "reasons"))
+            .arg(format!("{}:", self.base(connection)))
+            .arg(before_ms)
+            .arg(batch)
+            .arg(REPACK_LIMIT)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(removed)
     }
 
     /// Calls pending whose re-check is due at `now_ms`, oldest due first.

@@ -16,6 +16,7 @@ mod metrics;
 mod proxy;
 mod rate_limit;
 mod reconcile;
+mod retention;
 mod s3;
 mod scale;
 mod security;
