@@ -140,6 +140,7 @@ impl Context {
             rules: Rules::new(&settings.import),
             import: settings.import.clone(),
             settings: settings.reconcile.clone(),
+            retention: settings.retention.clone(),
             public_url: settings.public_url.clone(),
             confirm_timeout: settings.queue.connect_timeout(),
             clock: crate::reconcile::Clock::system(),

@@ -47,6 +47,8 @@ pub const QUEUE_MESSAGES: &str = "aircall_ingest_queue_messages";
 pub const RECONCILE_RUNS: &str = "aircall_ingest_reconcile_runs_total";
 /// Duration of a reconciliation pass that ran.
 pub const RECONCILE_SECONDS: &str = "aircall_ingest_reconcile_run_duration_seconds";
+/// Outcome records removed because they were older than the retention.
+pub const OUTCOMES_EXPIRED: &str = "aircall_ingest_outcomes_expired_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -137,6 +139,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "Duration of a reconciliation pass"
     );
+    describe_counter!(
+        OUTCOMES_EXPIRED,
+        "Outcome records removed because they were older than the retention"
+    );
 }
 
 /// A webhook answered: `event` as the body named it (bounded here), `outcome` a fixed code.
@@ -202,6 +208,11 @@ pub fn reconcile_run(result: &'static str, duration: Option<Duration>) {
     if let Some(duration) = duration {
         histogram!(RECONCILE_SECONDS).record(duration.as_secs_f64());
     }
+}
+
+/// Outcome records removed by the retention.
+pub fn outcomes_expired(count: u64) {
+    counter!(OUTCOMES_EXPIRED).increment(count);
 }
 
 /// What a scrape samples on the spot: the spool (when this process has one) and the queues.

@@ -15,7 +15,10 @@
 //! - **paying users changed**: calls of the window skipped `user_not_matched` whose agent now pays
 //!   are queued again (no first-import cap for them);
 //! - **pending calls** due for a re-check are queued by id; the worker decides them again and
-//!   sets their next re-check, until the recording wait is over (`no_recording`).
+//!   sets their next re-check, until the recording wait is over (`no_recording`);
+//! - **retention**: outcome records decided longer ago than the import window plus
+//!   `retention.days_beyond_window` are removed, `retention.max_per_pass` at most per pass (in
+//!   batches of [`COMPACT_BATCH`]), so a connection's Redis keys follow its recent activity.
 //!
 //! Every Aircall request goes through the connection's shared budget, so the poller and the
 //! workers never push a company past its limit together. Each pass leaves a run report.
@@ -48,7 +51,7 @@ pub use state::{ReconcileState, StateStore};
 
 use crate::aircall::models::{HANDLED_EVENTS, WebhookSpec};
 use crate::aircall::{Aircall, AircallClient, AircallError, Call, CallId, Credentials};
-use crate::config::{ImportSettings, ReconcileSettings};
+use crate::config::{ImportSettings, ReconcileSettings, RetentionSettings};
 use crate::connections::{
     ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore, Outcome, OutcomeQuery,
     OutcomeRecord, OutcomeStore, Recorded, webhook_url,
@@ -57,6 +60,10 @@ use crate::crypto::Keys;
 use crate::import::lease::{Lease, Leases};
 use crate::import::rules::{self, Decision, PayingUsers, PendingReason, Rules, SkipReason};
 use crate::queue::{Broker, ImportJob, Message, PublishError, Trigger};
+
+/// Outcome records one compaction step removes at most (each step is atomic in Redis, so
+/// steps stay short and Redis answers everyone else in between).
+pub const COMPACT_BATCH: usize = 1_000;
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,8 @@ pub struct Reconciler {
     pub rules: Rules,
     pub import: ImportSettings,
     pub settings: ReconcileSettings,
+    /// How long outcome records are kept.
+    pub retention: RetentionSettings,
     /// Where Aircall reaches this service (to register a vanished webhook again).
     pub public_url: Url,
     pub confirm_timeout: Duration,
@@ -499,7 +508,35 @@ impl Reconciler {
         }
         state.users_seen = Some(users_version);
         self.recheck_pending(id, report).await?;
+        report.outcomes_expired = self.expire_outcomes(id).await?;
         Ok(())
+    }
+
+    /// Removes the connection's outcome records decided before the retention's cutoff (now
+    /// minus the import window minus `retention.days_beyond_window`), oldest first, in batches
+    /// of [`COMPACT_BATCH`] up to `retention.max_per_pass`; a connection with a long history
+    /// catches up over a few passes. Returns how many went.
+    async fn expire_outcomes(&self, id: &ConnectionId) -> Result<u64, redis::RedisError> {
+        let kept_for = self.retention.outcome_ttl(&self.import).as_millis() as i64;
+        let before_ms = self.clock.now_ms() - kept_for;
+        let most = self.retention.max_per_pass as u64;
+        let mut removed = 0;
+        while removed < most {
+            let batch = (most - removed).min(COMPACT_BATCH as u64);
+            let went = self.outcomes.compact(id, before_ms, batch as usize).await?;
+            removed += went;
+            if went < batch {
+                break;
+            }
+        }
+        if removed > 0 {
+            info!(
+                removed,
+                before_ms, "outcome records past the retention removed"
+            );
+            crate::metrics::outcomes_expired(removed);
+        }
+        Ok(removed)
     }
 
     /// Reads the connection's webhook; re-activates it, or registers it again if it vanished.

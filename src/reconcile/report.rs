@@ -45,6 +45,11 @@ pub struct RunReport {
     pub pending_listed: u64,
     /// Calls queued again because their agent became a paying user.
     pub users_requeued: u64,
+    /// Outcome records removed at the end of the pass because their decision was older than
+    /// the retention (the import window plus `retention.days_beyond_window`); at most
+    /// `retention.max_per_pass`, the rest go at the next passes.
+    #[serde(default)]
+    pub outcomes_expired: u64,
     /// The webhook: `active`, `reactivated` or `recreated`.
     pub webhook: Option<String>,
     /// Aircall requests sent (every attempt), 429s received, time waited for the budget.
@@ -81,6 +86,7 @@ impl RunReport {
                 pending_recorded = self.pending_recorded,
                 pending_rechecked = self.pending_rechecked,
                 users_requeued = self.users_requeued,
+                outcomes_expired = self.outcomes_expired,
                 webhook = self.webhook.as_deref().unwrap_or("unknown"),
                 aircall_requests = self.aircall_requests,
                 rate_limited = self.rate_limited,

@@ -583,7 +583,7 @@ async fn a_pending_call_whose_recheck_fails_for_good_stops_being_rechecked() {
         call_id: aircall_ingest::aircall::CallId(5_999_000_001),
         outcome: Outcome::Pending,
         reason: Some("recording_not_ready".into()),
-        decided_at_ms: 0,
+        decided_at_ms: (now_s() - 3_000) * 1_000,
         trigger: aircall_ingest::queue::Trigger::Webhook,
         agent_email: None,
         agent_name: None,

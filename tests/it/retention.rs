@@ -1,16 +1,21 @@
 //! Retention of the per-call outcome records: records decided longer ago than the import window
-//! plus `retention.days_beyond_window` are removed from the hash and every index by
-//! `OutcomeStore::compact`, so a connection's Redis keys follow its recent activity and not its
-//! history.
+//! plus `retention.days_beyond_window` are removed from the hash and every index, by
+//! `OutcomeStore::compact` and by the reconciler after each pass, so a connection's Redis keys
+//! follow its recent activity and not its history.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use aircall_ingest::aircall::{CallId, Direction};
 use aircall_ingest::connections::{ConnectionId, Outcome, OutcomeRecord, OutcomeStore, StoredCall};
 use aircall_ingest::queue::Trigger;
+use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
+use aircall_ingest::sim::CallSpec;
 use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{redis, unique_prefix};
+use crate::helpers::{eventually_async, redis, roomy_sim, unique_prefix};
+use crate::worker::Harness;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -267,4 +272,210 @@ async fn compaction_removes_only_records_decided_before_the_cutoff_from_the_hash
     assert_eq!(due, [CallId(23)]);
 
     delete_keys(&mut redis, &prefix).await;
+}
+
+/// The bytes Redis uses for every key matching `pattern` (found with SCAN, each measured with
+/// `MEMORY USAGE … SAMPLES 0`, exact), and the keys.
+async fn memory_of(redis: &mut ConnectionManager, pattern: &str) -> (u64, BTreeSet<String>) {
+    let mut keys = BTreeSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(redis)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut bytes = 0;
+    for key in &keys {
+        let used: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(redis)
+            .await
+            .unwrap();
+        bytes += used.unwrap_or(0);
+    }
+    (bytes, keys)
+}
+
+async fn pass(reconciler: &Reconciler, h: &Harness) -> RunReport {
+    match reconciler
+        .run_connection(&h.id(), &CancellationToken::new())
+        .await
+        .unwrap()
+    {
+        Pass::Ran(report) => {
+            assert!(report.error.is_none(), "{report:?}");
+            *report
+        }
+        Pass::Skipped(why) => panic!("the pass was skipped: {why}"),
+    }
+}
+
+/// The value of an unlabelled counter in the process's Prometheus text.
+fn counter(name: &str) -> f64 {
+    let text = aircall_ingest::metrics::install().render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_records_older_than_the_retention_disappear_and_memory_returns_to_its_baseline() {
+    const HISTORY: u64 = 5_000;
+    let mut h = Harness::start("retention", roomy_sim(), |s| {
+        // 2,000 per pass: the history goes over three passes.
+        s.retention.max_per_pass = 2_000;
+    })
+    .await;
+    let id = h.id();
+    let outcomes = h.app.ctx.outcomes.clone();
+    let mut redis = redis().await;
+    let prefix = h.app.ctx.settings.redis_key_prefix.clone();
+    let pattern = format!("{prefix}:calls:{{acme}}*");
+    // The reconciler reads the simulator's clock, which the test moves forward.
+    let mut reconciler = h.app.ctx.reconciler();
+    let sim = h.sim.state.clone();
+    reconciler.clock = Clock::from_fn(move || sim.clock.now_ms());
+
+    // Recent activity, through the real flow: a first import of three calls of paying agents
+    // and one of an agent who does not pay.
+    let now_s = h.sim.state.clock.now_s();
+    let recent: Vec<u64> = (0..3)
+        .map(|i| {
+            h.add_call(&CallSpec {
+                started_at: Some(now_s - 3_600 - i * 600),
+                notify: false,
+                ..h.call(2_000)
+            })
+        })
+        .collect();
+    let unpaid = h.add_call(&CallSpec {
+        started_at: Some(now_s - 1_800),
+        agent_email: Some(h.unpaid_agent()),
+        notify: false,
+        ..h.call(2_000)
+    });
+    h.start_worker();
+    let first = pass(&reconciler, &h).await;
+    assert_eq!(first.queued, 3, "{first:?}");
+    assert_eq!(first.outcomes_expired, 0);
+    let imported = eventually_async(Duration::from_secs(30), || async {
+        let counts = outcomes.counts(&id).await.unwrap();
+        counts.get("outcome:imported") == Some(&3)
+    })
+    .await;
+    assert!(imported, "{:?}", outcomes.counts(&id).await.unwrap());
+    h.stop_worker().await;
+
+    let mut calls: Vec<CallId> = recent.iter().copied().map(CallId).collect();
+    calls.push(CallId(unpaid));
+    let recent_records = outcomes.get_many(&id, &calls).await.unwrap();
+    assert!(recent_records.iter().all(Option::is_some));
+    let baseline_counts = outcomes.counts(&id).await.unwrap();
+    let base = format!("{prefix}:calls:{{acme}}");
+    let baseline_reasons = reasons_set(&mut redis, &base).await;
+    let (baseline, baseline_keys) = memory_of(&mut redis, &pattern).await;
+
+    // History: 5,000 decisions made 35 to 43 days ago (inside the retention of 14 + 30 days,
+    // for now), of every outcome and several reasons.
+    let now = h.sim.state.clock.now_ms();
+    let old_ids: Vec<u64> = (0..HISTORY).map(|i| 7_000_000_000 + i).collect();
+    for (i, call) in old_ids.iter().enumerate() {
+        let decided = now - 35 * DAY_MS - (i as i64) * (8 * DAY_MS / HISTORY as i64);
+        let (outcome, reason) = match i % 8 {
+            0..=2 => (Outcome::Imported, None),
+            3 => (Outcome::Skipped, Some("user_not_matched")),
+            4 => (Outcome::Skipped, Some("no_recording")),
+            5 => (Outcome::Skipped, Some("first_import_cap")),
+            6 => (Outcome::Failed, Some("download_failed")),
+            _ => (Outcome::Pending, Some("recording_not_ready")),
+        };
+        let mut r = record(*call, outcome, reason, decided);
+        if outcome == Outcome::Pending {
+            // Not due: the passes below must not queue them.
+            r.recheck_at_ms = Some(now + 365 * DAY_MS);
+        }
+        outcomes.record(&id, &r).await.unwrap();
+    }
+    let (loaded, _) = memory_of(&mut redis, &pattern).await;
+    eprintln!(
+        "memory of the connection's outcome keys: baseline {baseline} B, with the history {loaded} B"
+    );
+    assert!(
+        loaded > baseline + 1_000_000,
+        "5,000 records take room: {baseline} → {loaded}"
+    );
+
+    // Inside the retention, a pass removes nothing.
+    let report = pass(&reconciler, &h).await;
+    assert_eq!(report.outcomes_expired, 0, "{report:?}");
+    assert_eq!(
+        outcomes.counts(&id).await.unwrap()["outcome:imported"],
+        3 + HISTORY * 3 / 8
+    );
+
+    // Ten days later the whole history is past the retention: the passes remove it, at most
+    // 2,000 each.
+    let expired_before = counter("aircall_ingest_outcomes_expired_total");
+    h.sim.state.advance_clock(Duration::from_secs(10 * 86_400));
+    let mut expired = Vec::new();
+    loop {
+        let report = pass(&reconciler, &h).await;
+        assert_eq!(report.queued, 0, "{report:?}");
+        expired.push(report.outcomes_expired);
+        if report.outcomes_expired == 0 || expired.len() == 10 {
+            break;
+        }
+    }
+    assert_eq!(expired, [2_000, 2_000, 1_000, 0]);
+    assert!(counter("aircall_ingest_outcomes_expired_total") >= expired_before + 5_000.0);
+
+    // The history is gone, from the hash and every index…
+    for chunk in old_ids.chunks(500) {
+        let ids: Vec<CallId> = chunk.iter().copied().map(CallId).collect();
+        let found = outcomes.get_many(&id, &ids).await.unwrap();
+        assert!(found.iter().all(Option::is_none));
+    }
+    let names = index_names(&[
+        "user_not_matched",
+        "no_recording",
+        "first_import_cap",
+        "download_failed",
+        "recording_not_ready",
+    ]);
+    for call in old_ids.iter().step_by(97) {
+        let left = indexes_holding(&mut redis, &base, &names, *call).await;
+        assert!(left.is_empty(), "call {call} still in {left:?}");
+    }
+    // …the recent calls are untouched, the counts and reason codes are those of before…
+    assert_eq!(
+        outcomes.get_many(&id, &calls).await.unwrap(),
+        recent_records
+    );
+    assert_eq!(outcomes.counts(&id).await.unwrap(), baseline_counts);
+    assert_eq!(reasons_set(&mut redis, &base).await, baseline_reasons);
+    // …and so is the memory: the same keys, of their baseline size within allocator rounding
+    // (the keys that grew past Redis's compact encoding were repacked when they shrank).
+    let (after, after_keys) = memory_of(&mut redis, &pattern).await;
+    eprintln!("memory of the connection's outcome keys after the passes: {after} B");
+    assert_eq!(after_keys, baseline_keys);
+    assert!(
+        after <= baseline + 512,
+        "back to the baseline: {baseline} → {loaded} → {after}"
+    );
+    h.stop().await;
 }
