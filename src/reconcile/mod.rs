@@ -18,7 +18,9 @@
 //!   sets their next re-check, until the recording wait is over (`no_recording`);
 //! - **retention**: outcome records decided longer ago than the import window plus
 //!   `retention.days_beyond_window` are removed, `retention.max_per_pass` at most per pass (in
-//!   batches of [`COMPACT_BATCH`]), so a connection's Redis keys follow its recent activity.
+//!   batches of [`COMPACT_BATCH`]), so a connection's Redis keys follow its recent activity. A
+//!   connection no pass runs for (waiting for paying users, or for new credentials) still has
+//!   its old records removed each time the loop looks at it: its webhooks still bring decisions.
 //!
 //! Every Aircall request goes through the connection's shared budget, so the poller and the
 //! workers never push a company past its limit together. Each pass leaves a run report.
@@ -331,7 +333,9 @@ impl Reconciler {
                 .index(id, self.clock.now_ms() + self.settings.interval_ms as i64)
         };
         if connection.status == ConnectionStatus::InvalidCredentials {
-            // Nothing to ask Aircall with; new credentials reset the status.
+            // Nothing to ask Aircall with; new credentials reset the status. Its webhooks still
+            // bring jobs (recorded `failed`): their records expire all the same.
+            self.expire_outcomes_unlocked(id).await;
             put_off().await?;
             return Ok(Pass::Skipped("invalid_credentials"));
         }
@@ -339,6 +343,7 @@ impl Reconciler {
         let users_version = self.connections.users_version(id).await?;
         let users = self.connections.paying_users(id).await?;
         if users.is_empty() {
+            self.expire_outcomes_unlocked(id).await;
             put_off().await?;
             return Ok(Pass::Skipped("waiting_for_users"));
         }
@@ -510,6 +515,17 @@ impl Reconciler {
         self.recheck_pending(id, report).await?;
         report.outcomes_expired = self.expire_outcomes(id).await?;
         Ok(())
+    }
+
+    /// [`Self::expire_outcomes`] for a connection no pass runs for now (it waits for paying
+    /// users or for new credentials) while its webhooks still bring decisions. Without the
+    /// pass's lock, which the removal does not need: each batch is one atomic script, and two
+    /// processes removing at once only find less to remove. A failure is logged; the next look
+    /// tries again.
+    async fn expire_outcomes_unlocked(&self, id: &ConnectionId) {
+        if let Err(e) = self.expire_outcomes(id).await {
+            warn!(error = %e, "cannot remove the outcome records past the retention");
+        }
     }
 
     /// Removes the connection's outcome records decided before the retention's cutoff (now

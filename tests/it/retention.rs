@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aircall_ingest::aircall::{CallId, Direction};
 use aircall_ingest::connections::{ConnectionId, Outcome, OutcomeRecord, OutcomeStore, StoredCall};
+use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::queue::Trigger;
 use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
 use aircall_ingest::sim::CallSpec;
@@ -477,5 +478,71 @@ async fn outcome_records_older_than_the_retention_disappear_and_memory_returns_t
         after <= baseline + 512,
         "back to the baseline: {baseline} → {loaded} → {after}"
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_no_pass_runs_for_still_loses_its_records_past_the_retention() {
+    let h = Harness::start("retention-idle", roomy_sim(), |_| {}).await;
+    let id = h.id();
+    let ctx = &h.app.ctx;
+    let reconciler = ctx.reconciler();
+    let now = now_ms();
+
+    // Waiting for its paying users, while its webhooks still bring decisions.
+    ctx.connections
+        .set_paying_users(&id, &PayingUsers::default(), 1)
+        .await
+        .unwrap();
+    for (call, age) in [(1, 50 * DAY_MS), (2, DAY_MS)] {
+        let r = record(call, Outcome::Skipped, Some("user_not_matched"), now - age);
+        ctx.outcomes.record(&id, &r).await.unwrap();
+    }
+    let pass = reconciler
+        .run_connection(&id, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(pass, Pass::Skipped("waiting_for_users")),
+        "{pass:?}"
+    );
+    assert!(h.outcome(1).await.is_none());
+    assert!(h.outcome(2).await.is_some());
+
+    // Its credentials refused: likewise.
+    ctx.connections
+        .set_paying_users(&id, &PayingUsers::new([h.paying_agent()]), 2)
+        .await
+        .unwrap();
+    let sealed = ctx
+        .connections
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .api_token_sealed;
+    assert!(
+        ctx.connections
+            .mark_invalid_credentials(&id, &sealed)
+            .await
+            .unwrap()
+    );
+    let r = record(
+        3,
+        Outcome::Failed,
+        Some("invalid_credentials"),
+        now - 45 * DAY_MS,
+    );
+    ctx.outcomes.record(&id, &r).await.unwrap();
+    let pass = reconciler
+        .run_connection(&id, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(pass, Pass::Skipped("invalid_credentials")),
+        "{pass:?}"
+    );
+    assert!(h.outcome(3).await.is_none());
+    assert!(h.outcome(2).await.is_some());
     h.stop().await;
 }
