@@ -249,7 +249,7 @@ async fn rotate(
 
 /// Disconnect: remove the webhook on Aircall, erase the credentials, paying users,
 /// reconciliation state and the decisions about calls not imported. Imported recordings and
-/// their metadata stay.
+/// their metadata stay; the records of imported calls go once past the retention.
 #[utoipa::path(
     operation_id = "disconnect",
     tag = "connections",
@@ -275,6 +275,7 @@ async fn disconnect(
         store: &admin.ctx.connections,
         outcomes: &admin.ctx.outcomes,
         state: &admin.reconciler.state,
+        now_ms: now_ms(),
     })
     .await
     .map_err(|e| match e {

@@ -107,6 +107,12 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<ConnectionRecord, Co
     };
     match store.create(&record, users).await {
         Ok(true) => {
+            // The records an earlier connection of the id left are this one's now: its passes
+            // remove them once past the retention. Should this fail, the reconciler finds the
+            // id connected when it looks at the records left, and does the same.
+            if let Err(e) = outcomes.unretire(&record.id).await {
+                warn!(connection = %record.id, error = %e, "cannot take the connection off the disconnected ones");
+            }
             info!(connection = %record.id, webhook = %record.webhook_id, paying_users = users.len(), "connected an Aircall company");
             Ok(record)
         }
@@ -227,8 +233,10 @@ pub struct DisconnectRequest<'a> {
     /// Erase the connection even when Aircall cannot be reached to remove its webhook.
     pub force: bool,
     pub store: &'a ConnectionStore,
+    /// The records of imported calls stay (noted for removal once past the retention).
     pub outcomes: &'a OutcomeStore,
     pub state: &'a StateStore,
+    pub now_ms: i64,
 }
 
 /// What became of the connection's webhook on Aircall.
@@ -282,7 +290,8 @@ pub enum DisconnectError {
 /// Disconnects: removes the webhook on Aircall, then erases the credentials, the paying users,
 /// the reconciliation state and the decisions about calls not imported. Imported calls keep
 /// their files and their record, so connecting the same id again never imports (or announces)
-/// them twice.
+/// them twice; the records are noted as a disconnected connection's, which the reconciler
+/// removes once past the retention (the files stay).
 pub async fn disconnect(request: DisconnectRequest<'_>) -> Result<Disconnected, DisconnectError> {
     let DisconnectRequest {
         id,
@@ -291,6 +300,7 @@ pub async fn disconnect(request: DisconnectRequest<'_>) -> Result<Disconnected, 
         store,
         outcomes,
         state,
+        now_ms,
     } = request;
     let Some(current) = store.get(id).await.map_err(DisconnectError::Store)? else {
         return Err(DisconnectError::UnknownConnection);
@@ -316,6 +326,11 @@ pub async fn disconnect(request: DisconnectRequest<'_>) -> Result<Disconnected, 
     let erased = erase_state(state, outcomes, id).await;
     if let Err(e) = &erased {
         warn!(connection = %id, error = %e, "disconnected, but its state could not be erased yet");
+    }
+    // Whatever stays (the imports' records, or everything if the erasing failed) was decided by
+    // now, and goes once past the retention, unless the id is connected again before.
+    if let Err(e) = outcomes.retire(id, now_ms).await {
+        warn!(connection = %id, error = %e, "disconnected, but its records are not noted for removal");
     }
     info!(connection = %id, webhook = webhook.as_str(), "disconnected an Aircall company");
     Ok(Disconnected {

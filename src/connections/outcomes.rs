@@ -17,6 +17,9 @@
 //! `retention.days_beyond_window`, [`OutcomeStore::compact`] (run by the reconciler after each
 //! pass) removes it from the hash and every index, and a reason code whose index is left empty
 //! leaves the reasons set. So a connection's keys grow with its recent calls, not its history.
+//! A disconnected connection keeps its imports' records; it is noted in `{p}:outcomes:retired`
+//! (a sorted set of connection ids scored by when their newest record was decided), and the
+//! reconciler removes them once that is past the retention, then forgets the connection.
 
 use std::collections::BTreeMap;
 
@@ -615,6 +618,84 @@ impl OutcomeStore {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(removed)
+    }
+
+    fn retired_key(&self) -> String {
+        format!("{}:outcomes:retired", self.prefix)
+    }
+
+    /// Notes a disconnected connection whose records stay (its imports), the newest of them
+    /// decided at `newest_ms` at the latest, so they are removed once past the retention.
+    pub async fn retire(
+        &self,
+        connection: &ConnectionId,
+        newest_ms: i64,
+    ) -> Result<(), redis::RedisError> {
+        redis::cmd("ZADD")
+            .arg(self.retired_key())
+            .arg(newest_ms)
+            .arg(connection.as_str())
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// The connection is connected again: its passes take care of its records.
+    pub async fn unretire(&self, connection: &ConnectionId) -> Result<(), redis::RedisError> {
+        redis::cmd("ZREM")
+            .arg(self.retired_key())
+            .arg(connection.as_str())
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Up to `limit` disconnected connections whose newest remaining record was decided before
+    /// `before_ms`.
+    pub async fn retired_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, redis::RedisError> {
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.retired_key())
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| ConnectionId::parse(id).ok())
+            .collect())
+    }
+
+    /// After records of a disconnected connection were removed: forgets the connection when
+    /// none is left (`true`), else notes when its newest remaining record was decided. Two
+    /// steps, since the registry and the connection's keys are on different cluster slots; a
+    /// record written in between (a worker finishing long after the disconnect) would be
+    /// missed, which nothing does weeks after a disconnect.
+    pub async fn settle_retired(
+        &self,
+        connection: &ConnectionId,
+    ) -> Result<bool, redis::RedisError> {
+        let newest: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(self.index(connection, "all"))
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let forgotten = newest.is_empty();
+        let mut cmd = redis::cmd(if forgotten { "ZREM" } else { "ZADD" });
+        cmd.arg(self.retired_key());
+        if let Some((_, decided_ms)) = newest.first() {
+            cmd.arg("XX").arg(*decided_ms);
+        }
+        cmd.arg(connection.as_str())
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(forgotten)
     }
 
     /// Calls pending whose re-check is due at `now_ms`, oldest due first.

@@ -21,6 +21,9 @@
 //!   batches of [`COMPACT_BATCH`]), so a connection's Redis keys follow its recent activity. A
 //!   connection no pass runs for (waiting for paying users, or for new credentials) still has
 //!   its old records removed each time the loop looks at it: its webhooks still bring decisions.
+//!   So do disconnected connections (their imports' records stay at a disconnect): each round
+//!   removes the records of a few of them once their newest is past the retention, then forgets
+//!   them.
 //!
 //! Every Aircall request goes through the connection's shared budget, so the poller and the
 //! workers never push a company past its limit together. Each pass leaves a run report.
@@ -66,6 +69,10 @@ use crate::queue::{Broker, ImportJob, Message, PublishError, Trigger};
 /// Outcome records one compaction step removes at most (each step is atomic in Redis, so
 /// steps stay short and Redis answers everyone else in between).
 pub const COMPACT_BATCH: usize = 1_000;
+
+/// Disconnected connections whose records one round removes at most (each up to
+/// `retention.max_per_pass`); the others wait for the next round.
+const RETIRED_PER_ROUND: usize = 10;
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +192,7 @@ impl Reconciler {
                 repaired_at = Some(now);
             }
             self.start_due(&scheduler, now, &cancel).await;
+            self.expire_retired(&cancel).await;
             tokio::select! {
                 () = tokio::time::sleep(self.settings.tick()) => {}
                 () = cancel.cancelled() => break,
@@ -211,6 +219,7 @@ impl Reconciler {
         self.start_due(&scheduler, due_by, cancel).await;
         scheduler.tasks.close();
         scheduler.tasks.wait().await;
+        self.expire_retired(cancel).await;
         *scheduler
             .round
             .lock()
@@ -273,6 +282,48 @@ impl Reconciler {
                 scheduler_.release(&id);
                 drop(place);
             });
+        }
+    }
+
+    /// Removes the records disconnected connections left (their imports) once the newest of
+    /// them is past the retention, then forgets the connection; [`RETIRED_PER_ROUND`] of them
+    /// at most. Without a lock, like [`Self::expire_outcomes_unlocked`]. Failures are logged:
+    /// the next round tries again.
+    async fn expire_retired(&self, cancel: &CancellationToken) {
+        let kept_for = self.retention.outcome_ttl(&self.import).as_millis() as i64;
+        let before_ms = self.clock.now_ms() - kept_for;
+        let due = match self
+            .outcomes
+            .retired_due(before_ms, RETIRED_PER_ROUND)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "cannot read the disconnected connections");
+                return;
+            }
+        };
+        for id in due {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let span = info_span!("retention", connection = %id);
+            let expired = async {
+                if self.connections.get(&id).await?.is_some() {
+                    // Connected again: its passes take care of its records.
+                    return self.outcomes.unretire(&id).await;
+                }
+                self.expire_outcomes(&id).await?;
+                if self.outcomes.settle_retired(&id).await? {
+                    info!("the records of a disconnected connection are all gone");
+                }
+                Ok(())
+            }
+            .instrument(span)
+            .await;
+            if let Err(e) = expired {
+                warn!(connection = %id, error = %e, "cannot remove the records of a disconnected connection");
+            }
         }
     }
 

@@ -546,3 +546,88 @@ async fn a_connection_no_pass_runs_for_still_loses_its_records_past_the_retentio
     assert!(h.outcome(2).await.is_some());
     h.stop().await;
 }
+
+/// An admin API request with the development token.
+async fn admin(h: &Harness, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) {
+    let mut request = reqwest::Client::new()
+        .request(method.clone(), format!("{}/api{path}", h.app.url))
+        .bearer_auth(aircall_ingest::config::DEVELOPMENT_ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "{method} {path}: {} {}",
+        response.status(),
+        response.text().await.unwrap_or_default()
+    );
+}
+
+async fn retired(redis: &mut ConnectionManager, prefix: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(format!("{prefix}:outcomes:retired"))
+        .arg(0)
+        .arg(-1)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_imports_a_disconnected_connection_left_go_once_past_the_retention() {
+    let h = Harness::start("retention-gone", roomy_sim(), |_| {}).await;
+    let id = h.id();
+    let ctx = &h.app.ctx;
+    let prefix = ctx.settings.redis_key_prefix.clone();
+    let pattern = format!("{prefix}:calls:{{acme}}*");
+    let mut redis = redis().await;
+    let now = now_ms();
+    // Imports of the last weeks, the newest an hour old, and a skip.
+    for call in 1..=300u64 {
+        let r = record(call, Outcome::Imported, None, now - call as i64 * 3_600_000);
+        ctx.outcomes.record(&id, &r).await.unwrap();
+    }
+    let skip = record(1_000, Outcome::Skipped, Some("no_user"), now - DAY_MS);
+    ctx.outcomes.record(&id, &skip).await.unwrap();
+
+    // A disconnect erases the skip; the imports stay, noted as a disconnected connection's.
+    admin(&h, reqwest::Method::DELETE, "/connections/acme", None).await;
+    assert!(h.outcome(1_000).await.is_none());
+    assert!(h.outcome(1).await.is_some());
+    assert_eq!(retired(&mut redis, &prefix).await, ["acme"]);
+    // Connected again, the connection's own passes take care of them…
+    let users = [h.paying_agent()];
+    let body = serde_json::json!({
+        "id": "acme",
+        "api_id": h.company.api_id,
+        "api_token": h.company.api_token,
+        "users": users,
+    });
+    admin(&h, reqwest::Method::POST, "/connections", Some(body)).await;
+    assert!(retired(&mut redis, &prefix).await.is_empty());
+    // …and disconnected once more, the reconciler's rounds do.
+    admin(&h, reqwest::Method::DELETE, "/connections/acme", None).await;
+    assert_eq!(retired(&mut redis, &prefix).await, ["acme"]);
+
+    // Within the retention a round leaves them.
+    let mut reconciler = ctx.reconciler();
+    let round = reconciler.run_due(true, &CancellationToken::new()).await;
+    assert_eq!(round.failed, 0, "{round:?}");
+    assert_eq!(
+        ctx.outcomes.counts(&id).await.unwrap()["outcome:imported"],
+        300
+    );
+    assert_eq!(retired(&mut redis, &prefix).await, ["acme"]);
+
+    // 45 days later the newest is past the retention (44 days): a round removes them all,
+    // and forgets the connection.
+    reconciler.clock = Clock::from_fn(|| now_ms() + 45 * DAY_MS);
+    reconciler.run_due(true, &CancellationToken::new()).await;
+    assert!(h.outcome(1).await.is_none());
+    assert!(h.outcome(300).await.is_none());
+    let (bytes, keys) = memory_of(&mut redis, &pattern).await;
+    assert!(keys.is_empty(), "{keys:?} ({bytes} B)");
+    assert!(retired(&mut redis, &prefix).await.is_empty());
+    h.stop().await;
+}
