@@ -248,9 +248,11 @@ pub struct ReconcileSettings {
     /// Passes one process runs at once, each on its own connection (its own lock and Aircall
     /// budget). A slow or failing connection holds one of them, never the others.
     pub concurrency: usize,
-    /// The most one pass may take, in milliseconds; past it the pass is abandoned as failed
-    /// (its watermark unmoved) and its connection tried again a third of an interval later.
-    pub pass_timeout_ms: u64,
+    /// A pass that sent no Aircall request for this long, in milliseconds, is abandoned as
+    /// failed (a hung pass, or an Aircall that does not answer) and its connection tried again a
+    /// third of an interval later. A pass that keeps making progress, however slowly (a first
+    /// import of a big company at Aircall's 60 requests a minute), is never cut short.
+    pub stall_timeout_ms: u64,
     /// How often the loop looks for due connections (and for new connections whose first
     /// import can start), in milliseconds.
     pub tick_ms: u64,
@@ -538,7 +540,7 @@ impl Default for ReconcileSettings {
             interval_ms: 15 * 60 * 1_000,
             jitter_ms: 60 * 1_000,
             concurrency: 16,
-            pass_timeout_ms: 5 * 60 * 1_000,
+            stall_timeout_ms: 5 * 60 * 1_000,
             tick_ms: 10_000,
             overlap_s: 4 * 3_600 + 15 * 60,
             short_overlap_s: 5 * 60,
@@ -1053,8 +1055,8 @@ impl Settings {
                 1_000,
             ),
             (
-                self.reconcile.pass_timeout_ms,
-                "reconcile.pass_timeout_ms",
+                self.reconcile.stall_timeout_ms,
+                "reconcile.stall_timeout_ms",
                 1_000,
                 86_400_000,
             ),

@@ -69,6 +69,9 @@ pub struct Admin {
     token: Arc<AdminToken>,
     /// Passes started from the API run here, and are cancelled with the server.
     syncs: TaskTracker,
+    /// At most `reconcile.concurrency` of them at once (a migration connecting thousands of
+    /// companies queues their first imports here rather than running them all together).
+    sync_places: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -77,6 +80,9 @@ impl Admin {
     pub fn new(ctx: Context, cancel: CancellationToken) -> anyhow::Result<Self> {
         Ok(Self {
             storage: Storage::from_settings(&ctx.settings.storage).context("storage")?,
+            sync_places: Arc::new(tokio::sync::Semaphore::new(
+                ctx.settings.reconcile.concurrency.max(1),
+            )),
             reconciler: ctx.reconciler(),
             dead_letters: DeadLetters::new(
                 ctx.broker.clone(),
@@ -103,7 +109,13 @@ impl Admin {
             warn!(connection = %id, error = %e, "cannot mark the connection due");
         }
         let (reconciler, cancel, id) = (self.reconciler.clone(), self.cancel.clone(), id.clone());
+        let places = self.sync_places.clone();
         self.syncs.spawn(async move {
+            let _place = tokio::select! {
+                place = places.acquire_owned() => place,
+                // Shutting down: the connection is due, a reconciler takes it.
+                () = cancel.cancelled() => return,
+            };
             match reconciler.run_connection(&id, &cancel).await {
                 Ok(Pass::Ran(_)) => {}
                 Ok(Pass::Skipped(why)) => info!(connection = %id, why, "requested sync not run"),

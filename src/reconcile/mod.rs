@@ -30,11 +30,14 @@
 //!
 //! **Many connections.** The due connections come from an index sorted by due time (one read,
 //! whatever the number of connections). Up to `reconcile.concurrency` passes run at once, each on
-//! its own connection, under its own lock and budget, and none longer than
-//! `reconcile.pass_timeout_ms`: a connection whose Aircall is slow or failing holds one of them,
-//! while the others go on being started as they come due. Each connection keeps a place in the
-//! cycle derived from its id, so connections made together (a migration, a restart after an
-//! outage) spread over the interval after their first pass instead of coming due together.
+//! its own connection, under its own lock and budget: a connection whose Aircall is slow or
+//! failing holds one place, while the others go on being started as they come due. A connection
+//! whose last pass failed ("troubled") may only take one of the quarter of the places set aside
+//! for such connections, so even many of them never hold the healthy ones up; and a pass that
+//! sends no Aircall request for `reconcile.stall_timeout_ms` is abandoned. Each connection keeps
+//! a place in the cycle derived from its id, so connections made together (a migration, a
+//! restart after an outage) spread over the interval after their first pass instead of coming
+//! due together.
 //!
 //! It never downloads or stores anything: that is the worker's job, fed by the queued jobs.
 
@@ -87,8 +90,10 @@ pub enum ReconcileError {
     CredentialsUnreadable,
     #[error("the lock on the connection was lost")]
     LockLost,
-    #[error("the pass took longer than {0} ms (reconcile.pass_timeout_ms) and was abandoned")]
-    TimedOut(u64),
+    #[error(
+        "the pass sent no Aircall request for {0} ms (reconcile.stall_timeout_ms) and was abandoned"
+    )]
+    Stalled(u64),
 }
 
 /// What one attempt at a connection came to.
@@ -183,12 +188,13 @@ impl Reconciler {
             concurrency = self.settings.concurrency,
             "reconciling every connection"
         );
-        let scheduler = Scheduler::new(self.settings.concurrency);
+        let scheduler = Scheduler::new(self.settings.concurrency, None);
         let mut repaired_at: Option<i64> = None;
         loop {
             let now = self.clock.now_ms();
-            if repaired_at.is_none_or(|at| now - at >= self.settings.interval_ms as i64) {
-                self.repair_index().await;
+            if repaired_at.is_none_or(|at| now - at >= self.settings.interval_ms as i64)
+                && self.repair_index().await
+            {
                 repaired_at = Some(now);
             }
             self.start_due(&scheduler, now, &cancel).await;
@@ -215,7 +221,11 @@ impl Reconciler {
         } else {
             round_start
         };
-        let scheduler = Scheduler::new(self.settings.concurrency);
+        // A CronJob round schedules each connection it passes over for the next round at the
+        // latest, whatever its place in the cycle: a round starts every interval, give or take
+        // the pod's start.
+        let cap = once.then_some(round_start + self.settings.interval_ms as i64);
+        let scheduler = Scheduler::new(self.settings.concurrency, cap);
         self.start_due(&scheduler, due_by, cancel).await;
         scheduler.tasks.close();
         scheduler.tasks.wait().await;
@@ -226,24 +236,28 @@ impl Reconciler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds the connections missing from the due index (and drops entries of none).
-    async fn repair_index(&self) {
-        let repaired = match self.connections.ids().await {
-            Ok(ids) => self.state.repair_index(&ids).await,
-            Err(e) => Err(e),
-        };
-        match repaired {
-            Ok(0) => {}
-            Ok(n) => info!(entries = n, "due index repaired"),
-            Err(e) => warn!(error = %e, "cannot check the due index"),
+    /// Adds the connections missing from the due index (and drops entries of none); false
+    /// when Redis failed (the loop tries again at its next tick).
+    async fn repair_index(&self) -> bool {
+        match self.state.repair_index(&self.connections).await {
+            Ok(0) => true,
+            Ok(n) => {
+                info!(entries = n, "due index repaired");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot check the due index");
+                false
+            }
         }
     }
 
     /// Starts a pass for each connection due by `due_by` and not running already, waiting for a
     /// free place before each; returns once all are started (or `cancel` fired).
     async fn start_due(&self, scheduler: &Scheduler, due_by: i64, cancel: &CancellationToken) {
-        let due = match self.state.due(due_by).await {
-            Ok(due) => due,
+        let (due, troubled) = match tokio::try_join!(self.state.due(due_by), self.state.troubled())
+        {
+            Ok(read) => read,
             Err(e) => {
                 warn!(error = %e, "cannot read the due connections");
                 scheduler.count(Err(()));
@@ -251,23 +265,31 @@ impl Reconciler {
             }
         };
         for id in due {
-            if !scheduler.claim(&id) {
+            let Some(claim) = scheduler.claim(&id) else {
                 continue;
-            }
+            };
+            // A troubled connection waits for its own kind of place without holding the
+            // others up: none free now, it is looked at again at the next tick.
+            let troubled_place = if troubled.contains(id.as_str()) {
+                match scheduler.troubled_places.clone().try_acquire_owned() {
+                    Ok(place) => Some(place),
+                    Err(_) => continue,
+                }
+            } else {
+                None
+            };
             let place = tokio::select! {
                 place = scheduler.places.clone().acquire_owned() => place,
-                () = cancel.cancelled() => {
-                    scheduler.release(&id);
-                    return;
-                }
+                () = cancel.cancelled() => return,
             };
             let Ok(place) = place else { return };
             let (reconciler, scheduler_, cancel) =
                 (self.clone(), scheduler.clone(), cancel.clone());
             scheduler.tasks.spawn(async move {
+                let _held = (claim, place, troubled_place);
                 let span = info_span!("reconcile", connection = %id);
                 let pass = reconciler
-                    .run_locked(&id, Some(due_by), &cancel)
+                    .run_locked(&id, Some((due_by, scheduler_.cap)), &cancel)
                     .instrument(span)
                     .await;
                 scheduler_.count(match &pass {
@@ -279,8 +301,6 @@ impl Reconciler {
                         Err(())
                     }
                 });
-                scheduler_.release(&id);
-                drop(place);
             });
         }
     }
@@ -337,14 +357,15 @@ impl Reconciler {
         self.run_locked(id, None, cancel).instrument(span).await
     }
 
-    /// A pass under the connection's lock, counted in the metrics.
+    /// A pass under the connection's lock, counted in the metrics. `scheduled`: the round's
+    /// `(due_by, cap)` (see [`Self::run_locked_uncounted`]); `None` for a pass asked for now.
     async fn run_locked(
         &self,
         id: &ConnectionId,
-        due_by: Option<i64>,
+        scheduled: Option<(i64, Option<i64>)>,
         cancel: &CancellationToken,
     ) -> Result<Pass, ReconcileError> {
-        let pass = self.run_locked_uncounted(id, due_by, cancel).await;
+        let pass = self.run_locked_uncounted(id, scheduled, cancel).await;
         match &pass {
             Ok(Pass::Ran(report)) => crate::metrics::reconcile_run(
                 if report.error.is_none() {
@@ -365,12 +386,13 @@ impl Reconciler {
         pass
     }
 
-    /// A pass under the connection's lock; with `due_by`, only if the connection is still due
-    /// by then once the lock is held (another replica may have just run it).
+    /// A pass under the connection's lock. With `scheduled = Some((due_by, cap))`, only if the
+    /// connection is still due by `due_by` once the lock is held (another replica may have just
+    /// run it); `cap`, the latest its next pass may be scheduled for (a CronJob's next round).
     async fn run_locked_uncounted(
         &self,
         id: &ConnectionId,
-        due_by: Option<i64>,
+        scheduled: Option<(i64, Option<i64>)>,
         cancel: &CancellationToken,
     ) -> Result<Pass, ReconcileError> {
         let Some(connection) = self.connections.get(id).await? else {
@@ -401,6 +423,7 @@ impl Reconciler {
         let Some(lock) = self.locks.acquire_key(self.state.lock_key(id)).await? else {
             return Ok(Pass::Skipped("locked"));
         };
+        let (due_by, cap) = scheduled.map_or((None, None), |(by, cap)| (Some(by), cap));
         let mut state = self.state.get(id).await?;
         if due_by.is_some_and(|by| state.next_due_ms > by) {
             // Another replica just ran it, or the index was behind: now it is right.
@@ -411,11 +434,12 @@ impl Reconciler {
         let started_ms = self.clock.now_ms();
         let mut report = RunReport::new(id, started_ms);
         let client = self.client(&connection, cancel)?;
-        let deadline = Duration::from_millis(self.settings.pass_timeout_ms);
         let outcome = tokio::select! {
             outcome = self.pass(&connection, &lock, (&users, users_version), &client, &mut state, &mut report) => outcome,
             () = lock.lost() => Err(ReconcileError::LockLost),
-            () = tokio::time::sleep(deadline) => Err(ReconcileError::TimedOut(self.settings.pass_timeout_ms)),
+            () = stalled(&client, Duration::from_millis(self.settings.stall_timeout_ms)) => {
+                Err(ReconcileError::Stalled(self.settings.stall_timeout_ms))
+            }
         };
         if cancel.is_cancelled() {
             // Shutting down mid-pass: the next process runs it again as soon as it starts;
@@ -441,13 +465,20 @@ impl Reconciler {
                     .await?;
             }
         }
-        // The next pass comes an interval later (plus jitter); after a failure, a third of an
-        // interval later, since what failed (the first import, say) is still owed. A failed
-        // pass left the watermark where the last good one put it.
+        if outcome.is_err() {
+            // What a failing connection's webhooks keep bringing must not pile up either.
+            self.expire_outcomes_unlocked(id).await;
+        }
+        // The next pass comes at the connection's place in the cycle; after a failure, a third
+        // of an interval after this one ended, since what failed (the first import, say) is
+        // still owed. A failed pass left the watermark where the last good listing put it.
         state.next_due_ms = match &outcome {
             Ok(()) => self.next_due_ms(id, started_ms),
-            Err(_) => started_ms + self.settings.interval_ms as i64 / 3,
+            Err(_) => report.ended_at_ms + self.settings.interval_ms as i64 / 3,
         };
+        if let Some(cap) = cap {
+            state.next_due_ms = state.next_due_ms.min(cap);
+        }
         state.last_run_at_ms = started_ms;
         report.log();
         // Written only while the lock is still this pass's: another replica holding it now, or
@@ -466,6 +497,7 @@ impl Reconciler {
             info!("the lock was lost; this pass's state and report were not written");
             return Ok(Pass::Ran(Box::new(report)));
         }
+        self.state.mark_troubled(id, outcome.is_err()).await?;
         lock.release().await;
         Ok(Pass::Ran(Box::new(report)))
     }
@@ -985,8 +1017,6 @@ impl Reconciler {
     }
 }
 
-/// Decided for good as far as reconciliation goes: imported, skipped for a final reason, or in
-/// the dead-letter queue for a person to look at.
 /// A connection's place in the reconciliation cycle: an offset into the interval derived from
 /// its id alone (FNV-1a), the same on every replica and after every restart, spread evenly
 /// over the interval across connections.
@@ -1005,39 +1035,75 @@ fn due_at_place(place: i64, interval: i64, started_ms: i64) -> i64 {
     if due < earliest { due + interval } else { due }
 }
 
-/// The passes of one process: the free places, the connections being passed over now (never
-/// two passes of one connection from one process), the running tasks and the round's totals.
+/// Resolves once `client` has sent no request for `limit` (checked every second or so).
+async fn stalled(client: &AircallClient, limit: Duration) {
+    let check = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut sent = client.stats().requests;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(check).await;
+        let now = client.stats().requests;
+        if now != sent {
+            (sent, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+/// The passes of one process: the free places (and the quarter of them troubled connections
+/// may take), the connections being passed over now (never two passes of one connection from
+/// one process), the running tasks, the round's totals, and for a CronJob round the latest a
+/// connection's next pass may be scheduled for.
 #[derive(Clone)]
 struct Scheduler {
     places: Arc<Semaphore>,
+    troubled_places: Arc<Semaphore>,
     running: Arc<Mutex<HashSet<ConnectionId>>>,
     tasks: TaskTracker,
     round: Arc<Mutex<Round>>,
+    cap: Option<i64>,
+}
+
+/// A connection being passed over by this process, until dropped (even by a panicking pass).
+struct Claim {
+    running: Arc<Mutex<HashSet<ConnectionId>>>,
+    id: ConnectionId,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 impl Scheduler {
-    fn new(concurrency: usize) -> Self {
+    fn new(concurrency: usize, cap: Option<i64>) -> Self {
+        let concurrency = concurrency.max(1);
         Self {
-            places: Arc::new(Semaphore::new(concurrency.max(1))),
+            places: Arc::new(Semaphore::new(concurrency)),
+            troubled_places: Arc::new(Semaphore::new((concurrency / 4).max(1))),
             running: Arc::default(),
             tasks: TaskTracker::new(),
             round: Arc::default(),
+            cap,
         }
     }
 
-    /// Marks `id` as being passed over; false when it already is.
-    fn claim(&self, id: &ConnectionId) -> bool {
-        self.running
+    /// Claims `id` for a pass; `None` when this process is passing over it already.
+    fn claim(&self, id: &ConnectionId) -> Option<Claim> {
+        let fresh = self
+            .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone())
-    }
-
-    fn release(&self, id: &ConnectionId) {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+            .insert(id.clone());
+        fresh.then(|| Claim {
+            running: self.running.clone(),
+            id: id.clone(),
+        })
     }
 
     /// Counts a pass: `Ok(true)` succeeded, `Ok(false)` skipped, `Err` failed.
@@ -1054,6 +1120,8 @@ impl Scheduler {
     }
 }
 
+/// Decided for good as far as reconciliation goes: imported, skipped for a final reason, or in
+/// the dead-letter queue for a person to look at.
 fn settled(known: Option<&OutcomeRecord>) -> bool {
     known.is_some_and(|record| match record.outcome {
         Outcome::Imported | Outcome::Failed => true,

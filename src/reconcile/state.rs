@@ -161,6 +161,29 @@ impl StateStore {
             .await
     }
 
+    fn troubled_key(&self) -> String {
+        format!("{}:reconcile:troubled", self.prefix)
+    }
+
+    /// Records whether the connection's last pass failed.
+    pub async fn mark_troubled(
+        &self,
+        id: &ConnectionId,
+        troubled: bool,
+    ) -> Result<(), redis::RedisError> {
+        let mut redis = self.redis.clone();
+        if troubled {
+            redis.sadd(self.troubled_key(), id.as_str()).await
+        } else {
+            redis.srem(self.troubled_key(), id.as_str()).await
+        }
+    }
+
+    /// The connections whose last pass failed.
+    pub async fn troubled(&self) -> Result<std::collections::HashSet<String>, redis::RedisError> {
+        self.redis.clone().smembers(self.troubled_key()).await
+    }
+
     /// Removes `id` from the due index (it is no connection).
     pub async fn unindex(&self, id: &ConnectionId) -> Result<(), redis::RedisError> {
         self.redis
@@ -185,15 +208,17 @@ impl StateStore {
             .collect())
     }
 
-    /// Makes the index hold exactly `connections`: a connection missing from it (made before
-    /// the index existed, or whose entry a failure lost) is added with its state's due time,
-    /// an entry of no connection is removed. Returns how many entries it changed. Costs a read
-    /// per connection: the reconciler runs it once per interval, not per tick.
+    /// Makes the index hold exactly the stored connections: a connection missing from it (made
+    /// before the index existed, or whose entry a failure lost) is added with its state's due
+    /// time, an entry of no connection is removed. Returns how many entries it changed. Reads
+    /// the index first, so a connection made meanwhile is never taken for a stale entry. Costs
+    /// a read per connection: the reconciler runs it once per interval, not per tick.
     pub async fn repair_index(
         &self,
-        connections: &[ConnectionId],
+        store: &crate::connections::ConnectionStore,
     ) -> Result<usize, redis::RedisError> {
         let indexed: Vec<String> = self.redis.clone().zrange(self.due_key(), 0, -1).await?;
+        let connections = store.ids().await?;
         let indexed: std::collections::HashSet<String> = indexed.into_iter().collect();
         let wanted: std::collections::HashSet<&str> =
             connections.iter().map(ConnectionId::as_str).collect();
@@ -255,6 +280,8 @@ impl StateStore {
             .del(&[self.key(id), self.reports_key(id), self.lock_key(id)])
             .ignore()
             .zrem(self.due_key(), id.as_str())
+            .ignore()
+            .srem(self.troubled_key(), id.as_str())
             .ignore()
             .query_async::<()>(&mut self.redis.clone())
             .await
