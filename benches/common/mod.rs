@@ -219,3 +219,108 @@ pub fn machine() -> String {
         revision()
     )
 }
+
+/// This process's resident memory (`VmRSS`), in bytes.
+pub fn own_rss_bytes() -> u64 {
+    proc_status_bytes(std::process::id(), "VmRSS").unwrap_or(0)
+}
+
+/// Memory Redis reports for the keys of one prefix, in total and per group.
+#[derive(Debug, Clone, Default)]
+pub struct KeyMemory {
+    pub keys: u64,
+    pub bytes: u64,
+    /// Per group (see [`redis_key_memory`]): `(keys, bytes)`.
+    pub groups: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl KeyMemory {
+    pub fn group(&self, name: &str) -> (u64, u64) {
+        self.groups.get(name).copied().unwrap_or((0, 0))
+    }
+}
+
+/// Every key under `{prefix}:` (a `SCAN`, so Redis is never blocked), each measured with
+/// `MEMORY USAGE key SAMPLES 0` (exact, nested values included: the key, its value and Redis's
+/// per-key overhead) and added to the group `group(key)` names. Unlike `INFO memory`'s
+/// `used_memory`, it counts only this run's keys, whatever else shares the server.
+pub async fn redis_key_memory(
+    redis: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+    group: impl Fn(&str) -> String,
+) -> Result<KeyMemory, redis::RedisError> {
+    let mut memory = KeyMemory::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(redis)
+            .await?;
+        if !keys.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe.query_async(redis).await?;
+            for (key, size) in keys.iter().zip(sizes) {
+                // None: the key expired between the scan and the measure.
+                let Some(size) = size else { continue };
+                memory.keys += 1;
+                memory.bytes += size;
+                let entry = memory.groups.entry(group(key)).or_default();
+                entry.0 += 1;
+                entry.1 += size;
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(memory);
+        }
+    }
+}
+
+/// `used_memory` of `INFO memory`: the whole server's, other users included.
+pub async fn redis_used_memory(redis: &mut redis::aio::ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(redis)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Deletes every key under `{prefix}:` (`SCAN` and `UNLINK`, in batches).
+pub async fn redis_remove_prefix(redis: &mut redis::aio::ConnectionManager, prefix: &str) {
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(redis)
+            .await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("UNLINK").arg(&keys).query_async(redis).await;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return;
+        }
+    }
+}

@@ -8,6 +8,11 @@
 #               memory (writes up to a few GB under target/tmp, removed afterwards)
 #   reconcile   benches/reconcile.rs: Aircall requests per pass and per busy day (about 4 min, one
 #               of them waiting on a real 60-a-minute budget)
+#   scale       benches/scale.rs: 1,000 and 10,000 connected companies (BENCH_SCALE_COMPANIES):
+#               the simulator's memory per company, connecting them, one full reconcile cycle on
+#               one replica (concurrency 16 and 1, with and without 150 ms of Aircall latency),
+#               Aircall requests and Redis memory per connection, intake with N connections vs
+#               10 (about 10 min)
 #   load        benches/load.rs: the release serve and worker; the intake's peak, then half of it
 #               for 10 min (LOAD_SECONDS) while live calls' small recordings are imported: latency,
 #               memory trends, backlog (about 12 min, both cores; Redis grows by several hundred
@@ -23,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh
 if [ "$#" -eq 0 ]; then
-  set -- intake import reconcile load chaos outage
+  set -- intake import reconcile scale load chaos outage
 fi
 # Every benchmark runs, even after one that failed (a benchmark fails when its run shows a
 # problem, and its figures are still printed); the exit status says whether any failed.
