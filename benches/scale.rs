@@ -26,14 +26,15 @@
 //! 6. **intake throughput with N connections vs 10**: the same closed loop of
 //!    `BENCH_CONCURRENCY` (32) clients posting realistic `call.ended` webhooks with each
 //!    connection's real token for `BENCH_SECONDS` (10) s, to `serve` of a service holding N
-//!    connections (spread over all of them) and to one holding 10, in the order 10, N, N, 10,
-//!    each phase from an empty import queue; the worker is stopped meanwhile so both measure the
-//!    door alone.
+//!    connections (spread over all of them) and to one holding 10, in the order 10, N, N, 10
+//!    (`BENCH_SCALE_INTAKE_REPEATS` times, 2), each phase from an empty import queue; the
+//!    worker is stopped meanwhile so both measure the door alone.
 //!
 //! Run: `cargo bench --bench scale` (RabbitMQ and Redis on their local default ports;
 //! `deploy/local/bench.sh scale` starts them first). `BENCH_SCALE_COMPANIES` (`1000,10000`),
 //! `BENCH_SCALE_SAMPLE` (connections of the concurrency-1 and latency samples, 1000),
-//! `BENCH_SCALE_LATENCY_MS` (150), `BENCH_SECONDS` (10), `BENCH_CONCURRENCY` (32);
+//! `BENCH_SCALE_LATENCY_MS` (150), `BENCH_SCALE_INTAKE_REPEATS` (2), `BENCH_SECONDS` (10),
+//! `BENCH_CONCURRENCY` (32);
 //! `BENCH_LOG=info` shows the service's logs; `AIRCALL_INGEST_*` variables apply to the service.
 //! Prints Markdown tables.
 // A benchmark may stop at the first broken assumption.
@@ -804,7 +805,16 @@ async fn intake_part(
     }
     // 10, N, N, 10: a drift of the machine over the four phases weighs on both alike.
     let mut phases = Vec::new();
-    for (run, big_one) in [(1, false), (1, true), (2, true), (2, false)] {
+    let repeats = env_number("BENCH_SCALE_INTAKE_REPEATS", 2).max(1);
+    let order = (0..repeats).flat_map(|r| {
+        [
+            (2 * r + 1, false),
+            (2 * r + 1, true),
+            (2 * r + 2, true),
+            (2 * r + 2, false),
+        ]
+    });
+    for (run, big_one) in order {
         let (label, targets, service) = if big_one {
             (format!("{n} connections, run {run}"), &big_targets, big)
         } else {
@@ -1323,6 +1333,24 @@ fn print_report(runs: &[SizeRun]) {
             "| {} | **N connections vs 10 (mean of the runs)** | **{:.0}%** | | | | |",
             r.n,
             100.0 * mean(true) / mean(false).max(1e-9)
+        );
+        // Each N phase against the 10-connection phase next to it (10, N | N, 10).
+        let ratios: Vec<String> = r
+            .intake
+            .chunks(2)
+            .map(|pair| {
+                let (big, small) = if pair[0].0 {
+                    (&pair[0].1, &pair[1].1)
+                } else {
+                    (&pair[1].1, &pair[0].1)
+                };
+                format!("{:.0}%", 100.0 * big.rate() / small.rate().max(1e-9))
+            })
+            .collect();
+        println!(
+            "| {} | N vs 10, each pair of neighbouring phases | {} | | | | |",
+            r.n,
+            ratios.join(", ")
         );
     }
 }
