@@ -136,8 +136,8 @@ impl fmt::Debug for ConnectionRecord {
     }
 }
 
-/// How long a stale cached fingerprint waits for Redis before answering as it is.
-const STALE_REFRESH_WAIT: Duration = Duration::from_millis(100);
+/// How long a background refresh of a cached fingerprint waits for Redis.
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
 
 /// A fingerprint that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -490,29 +490,52 @@ impl ConnectionStore {
         Ok(PayingUsers::new(emails))
     }
 
-    /// The webhook-token fingerprint of a connection; `None` for an unknown connection.
-    ///
-    /// Served from memory for `cache_ttl`. A stale entry is refreshed with a short wait, and
-    /// still answers when Redis does not, so known connections keep their webhooks flowing
-    /// through a slow or unreachable Redis. An id never seen waits at most `wait` for Redis.
+    /// The fingerprint this process holds for a connection, however old, without waiting for
+    /// anything: what lets a webhook be checked with no Redis read whatever the number of
+    /// connections (each of thousands of quiet connections sees a webhook only now and then,
+    /// long after any time-to-live). One older than `cache_ttl` is read again in the
+    /// background (once per `cache_ttl`), so a change reaches this process within about that.
+    /// A token that does not match it must be checked against [`Self::webhook_fingerprint`]:
+    /// the fingerprint may have changed since. When Redis cannot be reached, the entry goes on
+    /// answering, so known connections keep their webhooks flowing through a Redis outage.
+    pub fn cached_fingerprint(&self, id: &ConnectionId) -> Option<[u8; 32]> {
+        let stale = {
+            let cache = self
+                .fingerprints
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let cached = cache.get(id.as_str())?;
+            if cached.read_at.elapsed() < self.cache_ttl {
+                return Some(cached.fingerprint);
+            }
+            cached.fingerprint
+        };
+        // Marked as read now, so the requests meanwhile do not all start a refresh.
+        if let Some(entry) = self
+            .fingerprints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(id.as_str())
+        {
+            entry.read_at = Instant::now();
+        }
+        let (store, id) = (self.clone(), id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.webhook_fingerprint(&id, REFRESH_WAIT).await {
+                tracing::debug!(connection = %id, error = %e, "cannot refresh a webhook fingerprint");
+            }
+        });
+        Some(stale)
+    }
+
+    /// The webhook-token fingerprint of a connection as Redis has it now, waiting at most
+    /// `wait`; `None` for an unknown connection. The cache is updated with it (an unknown id is
+    /// dropped from it, and never kept: probes of random ids cannot grow it).
     pub async fn webhook_fingerprint(
         &self,
         id: &ConnectionId,
         wait: Duration,
     ) -> Result<Option<[u8; 32]>, FingerprintError> {
-        let cached = self
-            .fingerprints
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id.as_str())
-            .copied();
-        let wait = match cached {
-            Some(cached) if cached.read_at.elapsed() < self.cache_ttl => {
-                return Ok(Some(cached.fingerprint));
-            }
-            Some(_) => wait.min(STALE_REFRESH_WAIT),
-            None => wait,
-        };
         let fetched = tokio::time::timeout(wait, async {
             self.redis
                 .clone()
@@ -543,12 +566,8 @@ impl ConnectionStore {
                 }
                 Ok(fingerprint)
             }
-            Ok(Err(e)) => cached
-                .map(|c| Some(c.fingerprint))
-                .ok_or(FingerprintError::Redis(e)),
-            Err(_) => cached
-                .map(|c| Some(c.fingerprint))
-                .ok_or(FingerprintError::TimedOut(wait)),
+            Ok(Err(e)) => Err(FingerprintError::Redis(e)),
+            Err(_) => Err(FingerprintError::TimedOut(wait)),
         }
     }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::CallId;
+use aircall_ingest::connections::ConnectionId;
 use aircall_ingest::queue::{Message, Trigger};
 use aircall_ingest::sim::{CallSpec, CompanySpec};
 use redis::AsyncCommands;
@@ -817,6 +818,57 @@ async fn a_publishing_channel_closed_by_the_broker_is_reopened() {
         })
         .await,
         "what was spooled meanwhile drains"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cached_fingerprint_never_refuses_a_new_token_nor_outlives_its_connection() {
+    let mut settings = service_settings("intake-cache");
+    settings.intake.connection_cache_ttl_ms = 300;
+    let app = TestApp::spawn(settings).await;
+    app.add_connection("acme", TOKEN).await;
+    let id = ConnectionId::parse("acme").unwrap();
+    let post = |call: u64, token: &'static str| {
+        let app = &app;
+        async move {
+            app.post("acme", &call_ended(call, token))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    // The fingerprint is cached by the first webhook.
+    assert_eq!(post(1, TOKEN).await, 200);
+
+    // The webhook is registered again with a new token (a rotation): accepted at once, though
+    // the process still holds the old fingerprint; the old token is refused from then on.
+    const NEW_TOKEN: &str = "a-new-webhook-token-after-rotation";
+    let store = &app.ctx.connections;
+    assert!(
+        store
+            .update_webhook(
+                &id,
+                "webhook-id",
+                "webhook-2",
+                &app.ctx.keys.fingerprint(NEW_TOKEN)
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(post(2, NEW_TOKEN).await, 200);
+    assert_eq!(post(3, TOKEN).await, 401);
+
+    // Disconnected: once the cached entry is older than its time to live, the first webhook
+    // still passes on it and has it read again in the background; those after are refused.
+    store.delete(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = post(4, NEW_TOKEN).await;
+    assert!(
+        crate::helpers::eventually_async(Duration::from_secs(5), || async {
+            post(5, NEW_TOKEN).await == 404
+        })
+        .await
     );
     app.stop().await;
 }
