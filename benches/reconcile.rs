@@ -52,7 +52,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::Credentials;
@@ -60,19 +59,18 @@ use aircall_ingest::app::Context;
 use aircall_ingest::config::{Mode, Settings};
 use aircall_ingest::connections::{self, ConnectionId, Outcome, OutcomeQuery};
 use aircall_ingest::import::rules::PayingUsers;
-use aircall_ingest::queue::{ImportJob, Message, QueueNames};
+use aircall_ingest::queue::{ImportJob, Message};
 use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
 use aircall_ingest::sim::{CallSpec, CompanyInfo, CompanySpec, RunningSimulator, SimSettings};
+use common::{Leftovers, Traces};
 use futures_util::FutureExt as _;
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
-use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// A day of Aircall's budget for one company: 60 requests a minute.
 const DAILY_BUDGET: u64 = 60 * 60 * 24;
 /// Recording size per second of talk: small, so two replayed days stay near 500 MB on disk.
@@ -195,66 +193,6 @@ fn activity(sim: &RunningSimulator, company: u64) -> (u64, u64) {
             .sum()
     });
     (requests, deliveries)
-}
-
-/// What one service leaves behind — its queues and exchanges, its Redis keys, its files — and
-/// the token that stops its tasks (the worker's is a child of it).
-#[derive(Clone)]
-struct Traces {
-    names: QueueNames,
-    redis: ConnectionManager,
-    prefix: String,
-    root: PathBuf,
-    cancel: CancellationToken,
-}
-
-impl Traces {
-    /// Stops the service's tasks and removes what it left behind.
-    async fn remove(&self) {
-        self.cancel.cancel();
-        let names = self.names.clone();
-        if let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await
-            && let Ok(channel) = connection.create_channel().await
-        {
-            aircall_ingest::queue::topology::delete(&channel, &names).await;
-            let _ = connection.close(200, "done".into()).await;
-        }
-        let mut redis = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_default();
-        for batch in keys.chunks(1_000) {
-            let _: Result<(), _> = redis::cmd("DEL").arg(batch).query_async(&mut redis).await;
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// The traces of every service not cleaned up yet, so that a bench that fails half-way still
-/// removes what it made (`main` does, after catching the panic).
-#[derive(Clone, Default)]
-struct Leftovers(Arc<Mutex<Vec<Traces>>>);
-
-impl Leftovers {
-    fn add(&self, traces: Traces) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(traces);
-    }
-
-    fn forget(&self, prefix: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|t| t.prefix != prefix);
-    }
-
-    fn take(&self) -> Vec<Traces> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
 }
 
 /// The service under test: `serve` (the webhook endpoint, its broker supervisor and spool

@@ -46,8 +46,8 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::Credentials;
@@ -55,22 +55,18 @@ use aircall_ingest::app::Context;
 use aircall_ingest::config::{Mode, Settings};
 use aircall_ingest::connections::{self, ConnectionId};
 use aircall_ingest::import::rules::PayingUsers;
-use aircall_ingest::queue::QueueNames;
 use aircall_ingest::reconcile::{Reconciler, Round};
 use aircall_ingest::sim::{
     CallMix, CallSpec, CompanyInfo, CompanySpec, Faults, RunningSimulator, SimSettings,
 };
 use futures_util::{FutureExt as _, StreamExt as _, stream};
 use lapin::options::QueuePurgeOptions;
-use lapin::{Connection, ConnectionProperties};
-use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use common::{CallEnded, KeyMemory, env_number, now_ms};
+use common::{CallEnded, KeyMemory, Leftovers, Traces, env_number, now_ms};
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Recording size per second of talk: a few kB per call.
 const RECORDING_BYTES_PER_SECOND: u64 = 10;
 /// One company in this many is busy (1%).
@@ -203,53 +199,6 @@ fn sim_memory(n: usize) -> Option<SimMemory> {
 }
 
 // ---------------------------------------------------------------- the service
-
-/// What one service leaves behind, removed at the end (or after a panic).
-#[derive(Clone)]
-struct Traces {
-    names: QueueNames,
-    redis: ConnectionManager,
-    prefix: String,
-    root: PathBuf,
-    cancel: CancellationToken,
-}
-
-impl Traces {
-    async fn remove(&self) {
-        self.cancel.cancel();
-        if let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await
-            && let Ok(channel) = connection.create_channel().await
-        {
-            aircall_ingest::queue::topology::delete(&channel, &self.names).await;
-            let _ = connection.close(200, "done".into()).await;
-        }
-        common::redis_remove_prefix(&mut self.redis.clone(), &self.prefix).await;
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-#[derive(Clone, Default)]
-struct Leftovers(Arc<Mutex<Vec<Traces>>>);
-
-impl Leftovers {
-    fn add(&self, traces: Traces) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(traces);
-    }
-
-    fn forget(&self, prefix: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|t| t.prefix != prefix);
-    }
-
-    fn take(&self) -> Vec<Traces> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
 
 /// `serve` on port 0 (webhooks, admin API, broker supervisor, spool drainer), its own Redis
 /// prefix and queue names, storage under the bench's scratch directory; the worker once started.

@@ -324,3 +324,63 @@ pub async fn redis_remove_prefix(redis: &mut redis::aio::ConnectionManager, pref
         }
     }
 }
+
+/// What a service a benchmark started leaves behind: its queues, its Redis keys (all under its
+/// prefix), its scratch directory, and the token that stops its tasks.
+#[derive(Clone)]
+pub struct Traces {
+    pub names: aircall_ingest::queue::QueueNames,
+    pub redis: redis::aio::ConnectionManager,
+    pub prefix: String,
+    pub root: std::path::PathBuf,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Traces {
+    /// Stops the service's tasks and removes what it left behind.
+    pub async fn remove(&self) {
+        self.cancel.cancel();
+        if let Ok(connection) = lapin::Connection::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+            && let Ok(channel) = connection.create_channel().await
+        {
+            aircall_ingest::queue::topology::delete(&channel, &self.names).await;
+            let _ = connection.close(200, "done".into()).await;
+        }
+        redis_remove_prefix(&mut self.redis.clone(), &self.prefix).await;
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The traces of every service not cleaned up yet, so that a benchmark that fails half-way
+/// still removes what it made (its `main` does, after catching the panic).
+#[derive(Clone, Default)]
+pub struct Leftovers(std::sync::Arc<std::sync::Mutex<Vec<Traces>>>);
+
+impl Leftovers {
+    pub fn add(&self, traces: Traces) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(traces);
+    }
+
+    pub fn forget(&self, prefix: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|t| t.prefix != prefix);
+    }
+
+    pub fn take(&self) -> Vec<Traces> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
