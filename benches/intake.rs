@@ -20,7 +20,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -93,54 +92,16 @@ async fn closed_loop(
     duration: Duration,
     ok_status: &'static str,
 ) -> Phase {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency as usize)
-        .build()
-        .unwrap();
-    let next_id = Arc::new(AtomicU64::new(fastrand::u64(1..1 << 40)));
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, next_id) = (client.clone(), url.to_string(), next_id.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
-            while Instant::now() < deadline {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let sent = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body(id))
-                    .send()
-                    .await;
-                let good = match response {
-                    Ok(r) if r.status().is_success() => {
-                        r.text().await.is_ok_and(|t| t.contains(ok_status))
-                    }
-                    _ => false,
-                };
-                latencies.push(sent.elapsed().as_micros() as u64);
-                if good { ok += 1 } else { failed += 1 }
-            }
-            (ok, failed, latencies)
-        }));
-    }
-    let mut phase = Phase {
+    let url = url.to_string();
+    let request = Arc::new(move |id: u64| (url.clone(), body(id)));
+    let looped = common::closed_loop(concurrency, duration, ok_status, request).await;
+    Phase {
         name,
-        ok: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
-    for task in tasks {
-        let (ok, failed, latencies) = task.await.unwrap();
-        phase.ok += ok;
-        phase.failed += failed;
-        phase.latencies_us.extend(latencies);
+        ok: looped.ok,
+        failed: looped.failed,
+        elapsed: looped.elapsed,
+        latencies_us: looped.latencies_us,
     }
-    phase.elapsed = started.elapsed();
-    phase
 }
 
 /// Open loop: one request every `1/rate` seconds whatever the answers, latency from the

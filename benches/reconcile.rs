@@ -230,26 +230,7 @@ impl Service {
         settings.queue.retry_delays_ms = vec![200, 1_000, 5_000];
         settings.serve.workers = 1;
         tweak(&mut settings);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let public_url =
-            Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-        settings.public_url = public_url.clone();
-        let ctx = Context::new(settings).unwrap();
-        ctx.broker
-            .connect()
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672 (deploy/local/services.sh starts it)");
-        let cancel = CancellationToken::new();
-        let traces = Traces {
-            names: ctx.broker.names().clone(),
-            redis: ctx.redis.clone(),
-            prefix: ctx.settings.redis_key_prefix.clone(),
-            root,
-            cancel: cancel.clone(),
-        };
-        leftovers.add(traces.clone());
-        ctx.start_background(&cancel);
-        ctx.serve(listener, &cancel).unwrap();
+        let (ctx, public_url, traces) = common::start_service(settings, root, leftovers).await;
         Service {
             ctx,
             public_url,

@@ -47,7 +47,6 @@ use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::Credentials;
@@ -222,26 +221,7 @@ impl Service {
         settings.import.recording_hosts = vec!["127.0.0.1".into()];
         settings.storage.root = root.clone();
         settings.serve.workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let public_url =
-            Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-        settings.public_url = public_url.clone();
-        let ctx = Context::new(settings).unwrap();
-        ctx.broker
-            .connect()
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672 (deploy/local/services.sh starts it)");
-        let cancel = CancellationToken::new();
-        let traces = Traces {
-            names: ctx.broker.names().clone(),
-            redis: ctx.redis.clone(),
-            prefix: ctx.settings.redis_key_prefix.clone(),
-            root,
-            cancel: cancel.clone(),
-        };
-        leftovers.add(traces.clone());
-        ctx.start_background(&cancel);
-        ctx.serve(listener, &cancel).unwrap();
+        let (ctx, public_url, traces) = common::start_service(settings, root, leftovers).await;
         Service {
             ctx,
             public_url,
@@ -651,62 +631,24 @@ async fn closed_loop(
     concurrency: u64,
     duration: Duration,
 ) -> Phase {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency as usize)
-        .build()
-        .unwrap();
-    let next = Arc::new(AtomicU64::new(fastrand::u64(1..1 << 40)));
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, targets, next) = (client.clone(), targets.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
-            while Instant::now() < deadline {
-                let call_id = next.fetch_add(1, Ordering::Relaxed);
-                let (url, token) = &targets[(call_id % targets.len() as u64) as usize];
-                let body = common::call_ended(CallEnded {
-                    call_id,
-                    token,
-                    ended_at: 1_735_733_025,
-                    agent_email: "john.doe@example.com",
-                });
-                let sent = Instant::now();
-                let response = client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let good = match response {
-                    Ok(r) if r.status().is_success() => {
-                        r.text().await.is_ok_and(|t| t.contains("queued"))
-                    }
-                    _ => false,
-                };
-                latencies.push(sent.elapsed().as_micros() as u64);
-                if good { ok += 1 } else { failed += 1 }
-            }
-            (ok, failed, latencies)
-        }));
-    }
-    let mut phase = Phase {
+    let request = Arc::new(move |call_id: u64| {
+        let (url, token) = &targets[(call_id % targets.len() as u64) as usize];
+        let body = common::call_ended(CallEnded {
+            call_id,
+            token,
+            ended_at: 1_735_733_025,
+            agent_email: "john.doe@example.com",
+        });
+        (url.clone(), body)
+    });
+    let looped = common::closed_loop(concurrency, duration, "queued", request).await;
+    Phase {
         label,
-        ok: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
-    for task in tasks {
-        let (ok, failed, latencies) = task.await.unwrap();
-        phase.ok += ok;
-        phase.failed += failed;
-        phase.latencies_us.extend(latencies);
+        ok: looped.ok,
+        failed: looped.failed,
+        elapsed: looped.elapsed,
+        latencies_us: looped.latencies_us,
     }
-    phase.elapsed = started.elapsed();
-    phase.latencies_us.sort_unstable();
-    phase
 }
 
 /// The same load to a service of 10 connections and to the one of N, alternated twice.

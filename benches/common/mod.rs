@@ -384,3 +384,105 @@ impl Leftovers {
         )
     }
 }
+
+/// Starts the service a benchmark measures from `settings`: `serve` on a port of its own (the
+/// webhook endpoint, the admin API, the broker supervisor and spool drainer), its `public_url`
+/// pointing there, RabbitMQ connected. Its traces are noted in `leftovers` before anything
+/// runs, so a benchmark that fails later still removes them.
+pub async fn start_service(
+    mut settings: aircall_ingest::config::Settings,
+    root: std::path::PathBuf,
+    leftovers: &Leftovers,
+) -> (aircall_ingest::app::Context, url::Url, Traces) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let public_url =
+        url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    settings.public_url = public_url.clone();
+    let ctx = aircall_ingest::app::Context::new(settings).unwrap();
+    ctx.broker
+        .connect()
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672 (deploy/local/services.sh starts it)");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let traces = Traces {
+        names: ctx.broker.names().clone(),
+        redis: ctx.redis.clone(),
+        prefix: ctx.settings.redis_key_prefix.clone(),
+        root,
+        cancel: cancel.clone(),
+    };
+    leftovers.add(traces.clone());
+    ctx.start_background(&cancel);
+    ctx.serve(listener, &cancel).unwrap();
+    (ctx, public_url, traces)
+}
+
+/// What a closed loop measured: answers that said what was expected, the others, how long it
+/// ran, and every request's latency (µs, sorted).
+pub struct Looped {
+    pub ok: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+    pub latencies_us: Vec<u64>,
+}
+
+/// A closed loop: `concurrency` keep-alive clients, each posting its next request when the last
+/// was answered, for `duration`. `request(n)` gives the URL and JSON body of the n-th request
+/// (n from a random start, one per request across clients); an answer counts as ok when it is
+/// 2xx and its body contains `ok_marker`.
+pub async fn closed_loop(
+    concurrency: u64,
+    duration: Duration,
+    ok_marker: &'static str,
+    request: std::sync::Arc<dyn Fn(u64) -> (String, Vec<u8>) + Send + Sync>,
+) -> Looped {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency as usize)
+        .build()
+        .unwrap();
+    let next = std::sync::Arc::new(AtomicU64::new(fastrand::u64(1..1 << 40)));
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, request) = (client.clone(), next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+            while Instant::now() < deadline {
+                let (url, body) = request(next.fetch_add(1, Ordering::Relaxed));
+                let sent = Instant::now();
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let good = match response {
+                    Ok(r) if r.status().is_success() => {
+                        r.text().await.is_ok_and(|t| t.contains(ok_marker))
+                    }
+                    _ => false,
+                };
+                latencies.push(sent.elapsed().as_micros() as u64);
+                if good { ok += 1 } else { failed += 1 }
+            }
+            (ok, failed, latencies)
+        }));
+    }
+    let mut looped = Looped {
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (ok, failed, latencies) = task.await.unwrap();
+        looped.ok += ok;
+        looped.failed += failed;
+        looped.latencies_us.extend(latencies);
+    }
+    looped.elapsed = started.elapsed();
+    looped.latencies_us.sort_unstable();
+    looped
+}

@@ -1155,9 +1155,10 @@ async fn dead_letters_are_listed_with_their_errors_and_replayed() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activity_counts_each_day_s_decisions_by_outcome() {
-    let mut t = AdminTest::start("admin-activity", |_| {}).await;
+/// A connection `acme` (first import done, a worker running) with one call imported — its id
+/// and outcome record — and one skipped for an agent who does not pay.
+async fn imported_and_skipped(test: &str) -> (AdminTest, (u64, Value), u64) {
+    let mut t = AdminTest::start(test, |_| {}).await;
     t.start_worker();
     t.connect("acme").await;
     t.wait_report_after("acme", 0).await;
@@ -1166,10 +1167,17 @@ async fn activity_counts_each_day_s_decisions_by_outcome() {
         agent_email: Some(t.unpaid()),
         ..t.call()
     });
-    t.wait_call("acme", imported, |c| c["outcome"] == "imported")
+    let record = t
+        .wait_call("acme", imported, |c| c["outcome"] == "imported")
         .await;
     t.wait_call("acme", skipped, |c| c["outcome"] == "skipped")
         .await;
+    (t, (imported, record), skipped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_counts_each_day_s_decisions_by_outcome() {
+    let (t, _, _) = imported_and_skipped("admin-activity").await;
 
     // Read within one UTC day (a read that straddles midnight is taken again).
     let day = |ms: i64| aircall_ingest::admin::rfc3339(ms)[..10].to_string();
@@ -1222,20 +1230,7 @@ async fn activity_counts_each_day_s_decisions_by_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_is_served_for_imported_calls_only() {
-    let mut t = AdminTest::start("admin-recording", |_| {}).await;
-    t.start_worker();
-    t.connect("acme").await;
-    t.wait_report_after("acme", 0).await;
-    let imported = t.add_call(&t.call());
-    let skipped = t.add_call(&CallSpec {
-        agent_email: Some(t.unpaid()),
-        ..t.call()
-    });
-    let record = t
-        .wait_call("acme", imported, |c| c["outcome"] == "imported")
-        .await;
-    t.wait_call("acme", skipped, |c| c["outcome"] == "skipped")
-        .await;
+    let (t, (imported, record), skipped) = imported_and_skipped("admin-recording").await;
     let get = |path: String| {
         reqwest::Client::new()
             .get(format!("{}{path}", t.app.url.trim_end_matches('/')))
