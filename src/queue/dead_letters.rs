@@ -8,6 +8,9 @@
 //! job to the import queue with a confirm **before** acking its dead letter, so a crash in
 //! between leaves a duplicate (which the worker's idempotence absorbs), never a loss. What is
 //! held unacked is bounded by `max_scan`; a closed channel gives everything back by itself.
+//! A quorum queue takes given-back messages in through its log, a moment after the nack: a
+//! reader answers only once the queue counts them again, so whatever reads the queue next (a
+//! listing, a replay, RabbitMQ's own count) sees all of it.
 //!
 //! One reader at a time, across every process (a lease in Redis): messages another reader
 //! holds are invisible, so two readers would each see, or replay, only part of the queue.
@@ -24,6 +27,9 @@ use crate::import::lease::{Lease, Leases};
 
 /// How long a read waits for messages an earlier reader gave back to be in the queue again.
 const RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a reader, giving its messages back, waits for the queue to count them again.
+const GIVE_BACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a reader waits for another one to finish.
 const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -225,7 +231,7 @@ impl DeadLetters {
                     reader.hold(message);
                     return Err(e);
                 }
-                message.delivery.ack(BasicAckOptions::default()).await?;
+                reader.ack(message).await?;
                 done.replayed += 1;
                 if matches!(selection, Selection::One(_)) {
                     break;
@@ -249,6 +255,8 @@ struct Reader {
     total: u32,
     /// Messages read so far.
     read: u32,
+    /// Messages read and acked (gone from the queue).
+    acked: u32,
     /// The latest message held (delivery tags grow, so nacking it with `multiple` gives back
     /// every message held).
     last_held: Option<BasicGetMessage>,
@@ -258,18 +266,8 @@ impl Reader {
     async fn open(broker: &Broker) -> Result<Self, PublishError> {
         let channel = broker.channel().await?;
         let queue = broker.names().dead.clone();
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let total = match declared {
-            Ok(queue) => queue.message_count(),
+        let total = match ready_count(&channel, &queue).await {
+            Ok(total) => total,
             Err(e) => {
                 let _ = channel.close(200, "done".into()).await;
                 return Err(e.into());
@@ -280,6 +278,7 @@ impl Reader {
             queue,
             total,
             read: 0,
+            acked: 0,
             last_held: None,
         })
     }
@@ -311,20 +310,56 @@ impl Reader {
         self.last_held = Some(message);
     }
 
-    /// Gives every message still held back to the queue, then closes the channel (which would
-    /// give them back too).
+    /// Removes `message` from the queue.
+    async fn ack(&mut self, message: BasicGetMessage) -> Result<(), lapin::Error> {
+        message.delivery.ack(BasicAckOptions::default()).await?;
+        self.acked += 1;
+        Ok(())
+    }
+
+    /// Gives every message still held back to the queue and waits (up to [`GIVE_BACK_WAIT`])
+    /// until the queue counts them again, then closes the channel (which would give them back
+    /// too, should the nack have failed).
     async fn give_back(self) {
         if let Some(last) = &self.last_held {
-            let _ = last
+            let nacked = last
                 .delivery
                 .nack(BasicNackOptions {
                     multiple: true,
                     requeue: true,
                 })
                 .await;
+            // Nobody else takes from this queue while the reader lease is held: it holds at
+            // least what it held when the reader opened it, less what the reader acked.
+            let expected = self.total.max(self.read).saturating_sub(self.acked);
+            let deadline = tokio::time::Instant::now() + GIVE_BACK_WAIT;
+            while nacked.is_ok() && tokio::time::Instant::now() < deadline {
+                match ready_count(&self.channel, &self.queue).await {
+                    Ok(count) if count < expected => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    _ => break,
+                }
+            }
         }
         let _ = self.channel.close(200, "done".into()).await;
     }
+}
+
+/// The messages ready in `queue` by RabbitMQ's count: neither those a reader holds nor, for a
+/// moment after their nack, those it gave back.
+async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
 }
 
 /// What a person needs to know about a dead letter, from its body and its headers.
