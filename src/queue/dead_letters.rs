@@ -12,6 +12,11 @@
 //! reader answers only once the queue counts them again, so whatever reads the queue next (a
 //! listing, a replay, RabbitMQ's own count) sees all of it.
 //!
+//! RabbitMQ's count of a quorum queue is a lower bound, never the truth to stop at: it leaves
+//! out messages on their way back, and it is 0 whenever the queue's leader does not answer
+//! within 250 ms (a busy broker). So a reader reads until `basic.get` finds the queue empty (or
+//! `max_scan`), and counts only to know when what it gave back is in again.
+//!
 //! One reader at a time, across every process (a lease in Redis): messages another reader
 //! holds are invisible, so two readers would each see, or replay, only part of the queue.
 
@@ -156,7 +161,7 @@ impl DeadLetters {
         let mut reader = Reader::open(&self.broker).await?;
         let mut items = Vec::new();
         let mut scanned = 0;
-        while items.len() < limit && scanned < self.max_scan.min(reader.total) {
+        while items.len() < limit && scanned < self.max_scan {
             let Some(message) = reader.next().await? else {
                 break;
             };
@@ -167,8 +172,7 @@ impl DeadLetters {
                 items.push(letter);
             }
         }
-        let total = reader.total;
-        reader.give_back().await;
+        let total = reader.give_back().await;
         lease.release().await;
         Ok(DeadLetterPage {
             items,
@@ -190,7 +194,7 @@ impl DeadLetters {
         let mut done = Replayed::default();
         let mut scanned = 0;
         let result = async {
-            while scanned < self.max_scan.min(reader.total) {
+            while scanned < self.max_scan {
                 let Some(message) = reader.next().await? else {
                     break;
                 };
@@ -240,8 +244,7 @@ impl DeadLetters {
             Ok::<_, PublishError>(())
         }
         .await;
-        done.remaining = reader.total.saturating_sub(done.replayed);
-        reader.give_back().await;
+        done.remaining = reader.give_back().await;
         lease.release().await;
         result.map(|()| done).map_err(DeadLetterError::from)
     }
@@ -252,6 +255,7 @@ impl DeadLetters {
 struct Reader {
     channel: Channel,
     queue: String,
+    /// RabbitMQ's count when the reader opened (a lower bound).
     total: u32,
     /// Messages read so far.
     read: u32,
@@ -319,8 +323,19 @@ impl Reader {
 
     /// Gives every message still held back to the queue and waits (up to [`GIVE_BACK_WAIT`])
     /// until the queue counts them again, then closes the channel (which would give them back
-    /// too, should the nack have failed).
-    async fn give_back(self) {
+    /// too, should the nack have failed). Returns the messages in the queue by then: RabbitMQ's
+    /// count once it includes them, else the least the reader knows is there.
+    async fn give_back(self) -> u32 {
+        let held = self.read - self.acked;
+        // Nobody else takes from the queue while the reader lease is held, so besides what the
+        // reader holds it keeps what it counts now (the messages not read, and any added since
+        // the open), and at least what was there at the open and not read.
+        let unread = ready_count(&self.channel, &self.queue)
+            .await
+            .unwrap_or(0)
+            .max(self.total.saturating_sub(self.read));
+        let expected = unread + held;
+        let mut in_queue = expected;
         if let Some(last) = &self.last_held {
             let nacked = last
                 .delivery
@@ -329,25 +344,26 @@ impl Reader {
                     requeue: true,
                 })
                 .await;
-            // Nobody else takes from this queue while the reader lease is held: it holds at
-            // least what it held when the reader opened it, less what the reader acked.
-            let expected = self.total.max(self.read).saturating_sub(self.acked);
             let deadline = tokio::time::Instant::now() + GIVE_BACK_WAIT;
             while nacked.is_ok() && tokio::time::Instant::now() < deadline {
                 match ready_count(&self.channel, &self.queue).await {
-                    Ok(count) if count < expected => {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    Ok(count) if count >= expected => {
+                        in_queue = count;
+                        break;
                     }
-                    _ => break,
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    Err(_) => break,
                 }
             }
         }
         let _ = self.channel.close(200, "done".into()).await;
+        in_queue
     }
 }
 
 /// The messages ready in `queue` by RabbitMQ's count: neither those a reader holds nor, for a
-/// moment after their nack, those it gave back.
+/// moment after their nack, those it gave back; 0 when the queue's leader does not answer in
+/// 250 ms (`rabbit_quorum_queue:stat/2`).
 async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
     let declared = channel
         .queue_declare(

@@ -375,23 +375,33 @@ pub async fn take_messages(queue: &str) -> Vec<aircall_ingest::queue::Message> {
     messages
 }
 
-/// Messages waiting in `queue`, without taking them.
+/// Messages waiting in `queue`, without taking them. RabbitMQ answers 0 for a quorum queue
+/// whose leader does not give its count within 250 ms (a busy broker): a 0 is asked again for
+/// half a second before it is believed.
 pub async fn queue_depth(queue: &str) -> u32 {
     let amqp = amqp().await;
-    let declared = amqp
-        .channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    let count = loop {
+        let count = amqp
+            .channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .message_count();
+        if count > 0 || tokio::time::Instant::now() >= deadline {
+            break count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     amqp.close().await;
-    declared.message_count()
+    count
 }
 
 /// An async version of [`eventually`].
