@@ -213,6 +213,8 @@ impl Broker {
     }
 
     /// Messages waiting in `queue` (a passive declare: the queue is never created by this).
+    /// RabbitMQ's count of a quorum queue: ready messages only, and 0 when the queue's leader
+    /// does not answer within 250 ms, so a gauge of it may dip to 0 on a busy broker.
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, PublishError> {
         let channel = self.channel().await?;
         let declared = channel
