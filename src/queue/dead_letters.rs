@@ -76,7 +76,8 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterPage {
     pub items: Vec<DeadLetter>,
-    /// Messages in the dead-letter queue.
+    /// Messages in the dead-letter queue once the listing gave them back (RabbitMQ's count; at
+    /// least the messages the listing read).
     pub total: u32,
     /// Messages read to fill the page (at most `max_scan`).
     pub scanned: u32,
@@ -101,8 +102,8 @@ pub struct Replayed {
     pub replayed: u32,
     /// Selected messages left in place because no version of this service can read them.
     pub unreadable: u32,
-    /// Messages still in the dead-letter queue afterwards (more than one call can scan, or not
-    /// selected).
+    /// Messages in the dead-letter queue afterwards, counted once the replay gave back what it
+    /// did not take (more than one call can scan, not selected, or dead-lettered meanwhile).
     pub remaining: u32,
 }
 
@@ -183,7 +184,9 @@ impl DeadLetters {
 
     /// Publishes the selected jobs back to the import queue, each as a fresh job (no attempts,
     /// no failure), then removes them from the dead letters. `Ok` with `replayed: 0` for
-    /// [`Selection::One`] means no such job was found.
+    /// [`Selection::One`] means no such job was found. A job is replayed once per call: one
+    /// that fails again at once (its connection still refused, say) is back in the dead letters
+    /// while the scan goes on, and is left there.
     pub async fn replay(
         &self,
         selection: &Selection,
@@ -193,6 +196,7 @@ impl DeadLetters {
         let mut reader = Reader::open(&self.broker).await?;
         let mut done = Replayed::default();
         let mut scanned = 0;
+        let mut replayed_ids = std::collections::HashSet::new();
         let result = async {
             while scanned < self.max_scan {
                 let Some(message) = reader.next().await? else {
@@ -215,7 +219,11 @@ impl DeadLetters {
                     }
                 };
                 let job = match Message::decode(&message.delivery.data) {
-                    Ok(Message::ImportCall(job)) if selected => job,
+                    Ok(Message::ImportCall(job))
+                        if selected && !replayed_ids.contains(&job.job_id) =>
+                    {
+                        job
+                    }
                     decoded => {
                         if selected && decoded.is_err() {
                             done.unreadable += 1;
@@ -227,6 +235,7 @@ impl DeadLetters {
                 let mut job = job;
                 job.attempt = 0;
                 job.failure = None;
+                let job_id = job.job_id.clone();
                 let published = self
                     .broker
                     .publish(&Message::ImportCall(job), deadline)
@@ -236,6 +245,7 @@ impl DeadLetters {
                     return Err(e);
                 }
                 reader.ack(message).await?;
+                replayed_ids.insert(job_id);
                 done.replayed += 1;
                 if matches!(selection, Selection::One(_)) {
                     break;

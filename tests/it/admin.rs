@@ -1095,12 +1095,14 @@ async fn dead_letters_are_listed_with_their_errors_and_replayed() {
     assert_eq!(items[2]["failure"]["code"], "unreadable");
     assert_eq!(items[2]["replayable"], false);
     // Listing takes nothing, and RabbitMQ counts every message again by the time it answers
-    // (a quorum queue takes given-back messages in a moment after their nack).
+    // (a quorum queue takes given-back messages in a moment after their nack): one listing
+    // after another sees the whole queue.
     for _ in 0..10 {
         let (_, page) = t.get("/api/dead-letters?connection_id=globex").await;
         assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
-        assert_eq!(queue_depth(&names.dead).await, 3, "listing takes nothing");
+        assert_eq!(page["total"], 3, "{page}");
     }
+    assert_eq!(queue_depth(&names.dead).await, 3, "listing takes nothing");
 
     // One, by id: it is back in the import queue as a fresh job.
     let (status, body) = t
@@ -1156,6 +1158,51 @@ async fn dead_letters_are_listed_with_their_errors_and_replayed() {
     assert_eq!(queue_depth(&names.dead).await, 1);
     assert_eq!(t.get("/api/dead-letters").await.1["total"], 1);
     assert_eq!(crate::helpers::take_messages(&names.import).await.len(), 1);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_all_replays_each_job_once_even_when_it_fails_again_at_once() {
+    let mut t = AdminTest::start("admin-dead-bounce", |_| {}).await;
+    t.start_worker();
+    // Jobs whose connection id is not one: the worker sends each straight back to the dead
+    // letters, while the replay is still reading them.
+    let mut ids = Vec::new();
+    for call in 0..40 {
+        ids.push(dead_letter(&t, "Not An Id!", 100 + call, "invalid_job").await);
+    }
+    let dead = t.app.ctx.broker.names().dead.clone();
+    for round in 0..2 {
+        let (status, body) = t
+            .send(
+                Method::POST,
+                "/api/dead-letters/replay",
+                Some(json!({ "all": true })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["replayed"], 40, "round {round}: {body}");
+        // Each comes back once, and the queue holds each job once.
+        assert!(
+            eventually_async(Duration::from_secs(20), || async {
+                queue_depth(&dead).await == 40
+            })
+            .await,
+            "round {round}: {} dead letters",
+            queue_depth(&dead).await
+        );
+        let (_, page) = t.get("/api/dead-letters").await;
+        let mut listed: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["job_id"].as_str().unwrap().to_string())
+            .collect();
+        listed.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(listed, expected, "round {round}");
+    }
     t.stop().await;
 }
 
