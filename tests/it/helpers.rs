@@ -377,10 +377,10 @@ pub async fn take_messages(queue: &str) -> Vec<aircall_ingest::queue::Message> {
 
 /// Messages waiting in `queue`, without taking them. RabbitMQ answers 0 for a quorum queue
 /// whose leader does not give its count within 250 ms (a busy broker): a 0 is asked again for
-/// half a second before it is believed.
+/// a second before it is believed.
 pub async fn queue_depth(queue: &str) -> u32 {
     let amqp = amqp().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     let count = loop {
         let count = amqp
             .channel
