@@ -9,8 +9,9 @@
 //! between leaves a duplicate (which the worker's idempotence absorbs), never a loss. What is
 //! held unacked is bounded by `max_scan`; a closed channel gives everything back by itself.
 //! A quorum queue takes given-back messages in through its log, a moment after the nack: a
-//! reader answers only once the queue counts them again, so whatever reads the queue next (a
-//! listing, a replay, RabbitMQ's own count) sees all of it.
+//! reader answers once the queue's count has grown by what it gave back (5 s at most; a
+//! message dead-lettered meanwhile can end the wait early), so whatever reads the queue next
+//! (a listing, a replay, RabbitMQ's own count) sees all of it.
 //!
 //! RabbitMQ's count of a quorum queue is a lower bound, never the truth to stop at: it leaves
 //! out messages on their way back, and it is 0 whenever the queue's leader does not answer
@@ -152,29 +153,68 @@ impl DeadLetters {
         }
     }
 
+    /// Runs `work` as the one reader, in a task of its own, and lets go of the lease when it
+    /// ends, failed or not: should the caller's future be dropped (a server stopping past its
+    /// shutdown deadline), the work still gives back what it holds and releases the lease,
+    /// instead of leaving other readers refused (409) until the lease expires.
+    async fn as_reader<T, Fut>(&self, work: impl FnOnce(Self) -> Fut) -> Result<T, DeadLetterError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, DeadLetterError>> + Send + 'static,
+    {
+        let lease = self.reader_lease().await?;
+        let work = work(self.clone());
+        let task = tokio::spawn(async move {
+            let result = work.await;
+            lease.release().await;
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Err(PublishError::Unavailable.into()),
+        }
+    }
+
     /// Up to `limit` dead letters, oldest first, of `connection_id` when given.
     pub async fn list(
         &self,
         connection_id: Option<&str>,
         limit: usize,
     ) -> Result<DeadLetterPage, DeadLetterError> {
-        let lease = self.reader_lease().await?;
+        let connection_id = connection_id.map(str::to_owned);
+        self.as_reader(
+            |this| async move { this.list_as_reader(connection_id.as_deref(), limit).await },
+        )
+        .await
+    }
+
+    async fn list_as_reader(
+        &self,
+        connection_id: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, DeadLetterError> {
         let mut reader = Reader::open(&self.broker).await?;
         let mut items = Vec::new();
         let mut scanned = 0;
-        while items.len() < limit && scanned < self.max_scan {
-            let Some(message) = reader.next().await? else {
-                break;
-            };
-            scanned += 1;
-            let letter = describe(&message);
-            reader.hold(message);
-            if connection_id.is_none_or(|c| letter.connection_id.as_deref() == Some(c)) {
-                items.push(letter);
+        let read = async {
+            while items.len() < limit && scanned < self.max_scan {
+                let Some(message) = reader.next().await? else {
+                    break;
+                };
+                scanned += 1;
+                let letter = describe(&message);
+                reader.hold(message);
+                if connection_id.is_none_or(|c| letter.connection_id.as_deref() == Some(c)) {
+                    items.push(letter);
+                }
             }
+            Ok::<_, PublishError>(())
         }
+        .await;
         let total = reader.give_back().await;
-        lease.release().await;
+        read?;
         Ok(DeadLetterPage {
             items,
             total,
@@ -192,7 +232,16 @@ impl DeadLetters {
         selection: &Selection,
         deadline: std::time::Duration,
     ) -> Result<Replayed, DeadLetterError> {
-        let lease = self.reader_lease().await?;
+        let selection = selection.clone();
+        self.as_reader(|this| async move { this.replay_as_reader(&selection, deadline).await })
+            .await
+    }
+
+    async fn replay_as_reader(
+        &self,
+        selection: &Selection,
+        deadline: std::time::Duration,
+    ) -> Result<Replayed, DeadLetterError> {
         let mut reader = Reader::open(&self.broker).await?;
         let mut done = Replayed::default();
         let mut scanned = 0;
@@ -255,7 +304,6 @@ impl DeadLetters {
         }
         .await;
         done.remaining = reader.give_back().await;
-        lease.release().await;
         result.map(|()| done).map_err(DeadLetterError::from)
     }
 }

@@ -382,7 +382,7 @@ function syncReport(sync) {
       el("dt", {}, "Pending"), el("dd", {}, `${report.pending_recorded} found, ${report.pending_rechecked} re-checked`),
       el("dt", {}, "Aircall requests"), el("dd", {}, `${report.aircall_requests} (${report.rate_limited} rate-limited)`),
       el("dt", {}, "Webhook"), el("dd", {}, report.webhook ?? "not checked"),
-      el("dt", {}, "Records expired"), el("dd", {}, `${report.outcomes_expired ?? 0} (decided before the retention)`),
+      el("dt", {}, "Records expired"), el("dd", {}, `${report.outcomes_expired} (decided before the retention)`),
       el("dt", {}, "Next"), el("dd", {}, sync.running ? "running now" : when(sync.next_due_at))));
 }
 
