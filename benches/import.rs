@@ -64,7 +64,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use common::{Process, env_number, machine, now_ms};
+use common::{Process, Scratch, env_number, machine, now_ms};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const CONNECTION: &str = "bench";
@@ -588,14 +588,6 @@ impl Bench {
 }
 
 /// The bench's output directory, removed when dropped (a failed bench too).
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Result of the memory phase.
 struct Memory {
     idle_hwm: u64,
@@ -794,11 +786,7 @@ async fn main() {
         .map(|name| Phase::parse(name.trim()).expect("BENCH_IMPORT_PHASES: raw, fsync, import"))
         .collect();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let scratch = Scratch(
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bench-import-{:08x}", fastrand::u32(..))),
-    );
-    std::fs::create_dir_all(&scratch.0).unwrap();
+    let scratch = Scratch::new("import");
 
     let sim = RunningSimulator::start(
         SimSettings {

@@ -50,7 +50,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -63,7 +62,6 @@ use aircall_ingest::queue::{ImportJob, Message};
 use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
 use aircall_ingest::sim::{CallSpec, CompanyInfo, CompanySpec, RunningSimulator, SimSettings};
 use common::{Leftovers, Traces};
-use futures_util::FutureExt as _;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -1379,38 +1377,12 @@ fn print_day(replay: &Replay) {
 // ---------------------------------------------------------------- report
 
 /// The bench's output directory, removed when dropped (a failed bench too).
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    if let Ok(level) = std::env::var("BENCH_LOG") {
-        let mut log = Settings::default().log;
-        log.level = level;
-        aircall_ingest::telemetry::init(&log);
-    }
-    let scratch = Scratch(
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bench-reconcile-{:08x}", fastrand::u32(..))),
-    );
-    std::fs::create_dir_all(&scratch.0).unwrap();
-    let leftovers = Leftovers::default();
-    let outcome = AssertUnwindSafe(run(&leftovers, &scratch.0))
-        .catch_unwind()
-        .await;
-    if let Err(panic) = outcome {
-        eprintln!("the bench failed; removing what it made");
-        for traces in leftovers.take() {
-            traces.remove().await;
-        }
-        drop(scratch);
-        std::panic::resume_unwind(panic);
-    }
+    common::run_cleaning_up("reconcile", |leftovers, scratch| async move {
+        run(&leftovers, &scratch).await;
+    })
+    .await;
 }
 
 async fn run(leftovers: &Leftovers, scratch: &Path) {

@@ -44,7 +44,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +57,7 @@ use aircall_ingest::reconcile::{Reconciler, Round};
 use aircall_ingest::sim::{
     CallMix, CallSpec, CompanyInfo, CompanySpec, Faults, RunningSimulator, SimSettings,
 };
-use futures_util::{FutureExt as _, StreamExt as _, stream};
+use futures_util::{StreamExt as _, stream};
 use lapin::options::QueuePurgeOptions;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -1247,42 +1246,16 @@ fn print_report(runs: &[SizeRun]) {
 }
 
 /// The bench's output directory, removed when dropped (a failed bench too).
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::main]
 async fn main() {
     if let Some(n) = std::env::var(CHILD_ENV).ok().and_then(|n| n.parse().ok()) {
         child_measure(n).await;
         return;
     }
-    if let Ok(level) = std::env::var("BENCH_LOG") {
-        let mut log = Settings::default().log;
-        log.level = level;
-        aircall_ingest::telemetry::init(&log);
-    }
-    let scratch = Scratch(
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bench-scale-{:08x}", fastrand::u32(..))),
-    );
-    std::fs::create_dir_all(&scratch.0).unwrap();
-    let leftovers = Leftovers::default();
-    let outcome = AssertUnwindSafe(run(&leftovers, &scratch.0))
-        .catch_unwind()
-        .await;
-    if let Err(panic) = outcome {
-        eprintln!("the bench failed; removing what it made");
-        for traces in leftovers.take() {
-            traces.remove().await;
-        }
-        drop(scratch);
-        std::panic::resume_unwind(panic);
-    }
+    common::run_cleaning_up("scale", |leftovers, scratch| async move {
+        run(&leftovers, &scratch).await;
+    })
+    .await;
 }
 
 async fn run(leftovers: &Leftovers, scratch: &Path) {

@@ -385,6 +385,55 @@ impl Leftovers {
     }
 }
 
+/// A scratch directory of one run under Cargo's target directory, removed when dropped.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(bench: &str) -> Self {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bench-{bench}-{:08x}", fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the `main` of a benchmark that starts services does around its `run`: the service's
+/// logs at `BENCH_LOG` when set, a scratch directory, and should `run` panic, the removal of
+/// every service's traces (queues, Redis keys) and of the directory before the panic goes on.
+pub async fn run_cleaning_up<Fut>(
+    bench: &str,
+    run: impl FnOnce(Leftovers, std::path::PathBuf) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::FutureExt as _;
+
+    if let Ok(level) = std::env::var("BENCH_LOG") {
+        let mut log = aircall_ingest::config::Settings::default().log;
+        log.level = level;
+        aircall_ingest::telemetry::init(&log);
+    }
+    let scratch = Scratch::new(bench);
+    let leftovers = Leftovers::default();
+    let outcome = std::panic::AssertUnwindSafe(run(leftovers.clone(), scratch.0.clone()))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = outcome {
+        eprintln!("the bench failed; removing what it made");
+        for traces in leftovers.take() {
+            traces.remove().await;
+        }
+        drop(scratch);
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Starts the service a benchmark measures from `settings`: `serve` on a port of its own (the
 /// webhook endpoint, the admin API, the broker supervisor and spool drainer), its `public_url`
 /// pointing there, RabbitMQ connected. Its traces are noted in `leftovers` before anything
