@@ -24,7 +24,7 @@ pub use lifecycle::{
     Rotated, connect, disconnect, rotate_credentials, webhook_url,
 };
 pub use outcomes::{
-    DayCounts, Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, Recorded, StoredCall,
+    Compacted, DayCounts, Outcome, OutcomeQuery, OutcomeRecord, OutcomeStore, Recorded, StoredCall,
 };
 
 use crate::import::rules::PayingUsers;

@@ -273,20 +273,24 @@ return erased
 /// Records one [`FORGET_UNDECIDED_LUA`] call erases at most.
 const FORGET_BATCH: usize = 1_000;
 
-/// Erases up to ARGV[3] records decided before ARGV[2] (ms, exclusive), oldest first, from the
-/// hash and every index; then, when any went, drops from the reasons set every code whose index
+/// Erases up to ARGV[3] records decided before ARGV[2] (ms, exclusive), oldest first after the
+/// ARGV[5] first (kept by earlier batches), from the hash and every index, except the records of
+/// imported calls whose `call.imported` event is still owed (`announced` false: a replayed job
+/// announces it only while the record says so), which stay; then, when any went, drops from the reasons set every code whose index
 /// is empty now (left empty by this batch, or earlier by a record that moved to another reason),
 /// and repacks each key it shrank to at most ARGV[4] entries that is still in Redis's large
 /// encoding: Redis never turns a hash or sorted set back into its compact encoding and shrinks
 /// its table only lazily, so without this a connection whose history went would keep the memory
 /// of its peak. Repacking reads the few entries, deletes the key and writes them again.
 /// KEYS: the hash, the `all` index, the pending index, the reasons set. ARGV: index key prefix,
-/// cutoff (ms), batch size, repack limit. Returns how many records went.
+/// cutoff (ms), batch size, repack limit, records to pass over. Returns how many records went
+/// and how many were kept.
 const COMPACT_LUA: &str = r"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2], 'LIMIT', tonumber(ARGV[5]), tonumber(ARGV[3]))
 if #ids == 0 then
-  return 0
+  return {0, 0}
 end
+local removed, kept = 0, 0
 local touched = {[KEYS[2]] = true}
 local function unindex(key, id)
   if redis.call('ZREM', key, id) == 1 then
@@ -299,23 +303,29 @@ for _, id in ipairs(ids) do
   if json then
     ok, o = pcall(cjson.decode, json)
   end
-  if ok and type(o) == 'table' and type(o.outcome) == 'string' then
-    unindex(ARGV[1] .. 'outcome:' .. o.outcome, id)
-    if type(o.reason) == 'string' then
-      unindex(ARGV[1] .. 'reason:' .. o.reason, id)
-    end
+  local readable = ok and type(o) == 'table' and type(o.outcome) == 'string'
+  if readable and o.outcome == 'imported' and o.announced ~= true then
+    kept = kept + 1
   else
-    -- A record that cannot be read (or is missing) still leaves no index entry behind.
-    for _, outcome in ipairs({'imported', 'skipped', 'pending', 'failed'}) do
-      unindex(ARGV[1] .. 'outcome:' .. outcome, id)
+    if readable then
+      unindex(ARGV[1] .. 'outcome:' .. o.outcome, id)
+      if type(o.reason) == 'string' then
+        unindex(ARGV[1] .. 'reason:' .. o.reason, id)
+      end
+    else
+      -- A record that cannot be read (or is missing) still leaves no index entry behind.
+      for _, outcome in ipairs({'imported', 'skipped', 'pending', 'failed'}) do
+        unindex(ARGV[1] .. 'outcome:' .. outcome, id)
+      end
+      for _, reason in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+        unindex(ARGV[1] .. 'reason:' .. reason, id)
+      end
     end
-    for _, reason in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-      unindex(ARGV[1] .. 'reason:' .. reason, id)
-    end
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    unindex(KEYS[3], id)
+    removed = removed + 1
   end
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  unindex(KEYS[3], id)
 end
 for _, reason in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   if redis.call('EXISTS', ARGV[1] .. 'reason:' .. reason) == 0 then
@@ -346,8 +356,17 @@ for key in pairs(touched) do
     redis.call('ZADD', key, unpack(args))
   end
 end
-return #ids
+return {removed, kept}
 ";
+
+/// What one batch of [`OutcomeStore::compact`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Records erased.
+    pub removed: u64,
+    /// Records past the cutoff kept (imported, event still owed).
+    pub kept: u64,
+}
 
 /// Keys [`COMPACT_LUA`] leaves with at most this many entries are repacked into Redis's compact
 /// encoding (the default `zset-max-listpack-entries`; hashes allow more by default).
@@ -597,16 +616,21 @@ impl OutcomeStore {
     /// started outside the window: every later look at it (a webhook, a listing, a pending
     /// re-check, a replayed dead letter, a manual import) skips it `outside_window` by the
     /// rules, so the record no longer guards anything against a second import.
+    ///
+    /// One batch: the `batch` oldest records before the cutoff after the `skip` first (the ones
+    /// earlier batches kept). The record of an imported call whose event is still owed is kept
+    /// whatever its age: a replayed dead letter announces the call only while it is there.
     pub async fn compact(
         &self,
         connection: &ConnectionId,
         before_ms: i64,
         batch: usize,
-    ) -> Result<u64, redis::RedisError> {
+        skip: u64,
+    ) -> Result<Compacted, redis::RedisError> {
         if batch == 0 {
-            return Ok(0);
+            return Ok(Compacted::default());
         }
-        let removed: u64 = redis::Script::new(COMPACT_LUA)
+        let (removed, kept): (u64, u64) = redis::Script::new(COMPACT_LUA)
             .key(self.base(connection))
             .key(self.index(connection, "all"))
             .key(self.index(connection, "pending"))
@@ -615,9 +639,10 @@ impl OutcomeStore {
             .arg(before_ms)
             .arg(batch)
             .arg(REPACK_LIMIT)
+            .arg(skip)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(removed)
+        Ok(Compacted { removed, kept })
     }
 
     fn retired_key(&self) -> String {

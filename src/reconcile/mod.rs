@@ -613,18 +613,23 @@ impl Reconciler {
 
     /// Removes the connection's outcome records decided before the retention's cutoff (now
     /// minus the import window minus `retention.days_beyond_window`), oldest first, in batches
-    /// of [`COMPACT_BATCH`] up to `retention.max_per_pass`; a connection with a long history
-    /// catches up over a few passes. Returns how many went.
+    /// of [`COMPACT_BATCH`] up to `retention.max_per_pass`, passing over the records kept
+    /// (imported, event still owed); a connection with a long history catches up over a few
+    /// passes. Returns how many went.
     async fn expire_outcomes(&self, id: &ConnectionId) -> Result<u64, redis::RedisError> {
         let kept_for = self.retention.outcome_ttl(&self.import).as_millis() as i64;
         let before_ms = self.clock.now_ms() - kept_for;
         let most = self.retention.max_per_pass as u64;
-        let mut removed = 0;
+        let (mut removed, mut kept) = (0, 0);
         while removed < most {
             let batch = (most - removed).min(COMPACT_BATCH as u64);
-            let went = self.outcomes.compact(id, before_ms, batch as usize).await?;
-            removed += went;
-            if went < batch {
+            let done = self
+                .outcomes
+                .compact(id, before_ms, batch as usize, kept)
+                .await?;
+            removed += done.removed;
+            kept += done.kept;
+            if done.removed + done.kept < batch {
                 break;
             }
         }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aircall_ingest::aircall::{CallId, Direction};
-use aircall_ingest::connections::{ConnectionId, Outcome, OutcomeRecord, OutcomeStore, StoredCall};
+use aircall_ingest::connections::{
+    Compacted, ConnectionId, Outcome, OutcomeRecord, OutcomeStore, StoredCall,
+};
 use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::queue::Trigger;
 use aircall_ingest::reconcile::{Clock, Pass, Reconciler, RunReport};
@@ -157,7 +159,7 @@ async fn compaction_removes_only_records_decided_before_the_cutoff_from_the_hash
         ),
     ];
     // At the cutoff or newer: kept, whatever they are.
-    let kept: Vec<OutcomeRecord> = vec![
+    let mut kept: Vec<OutcomeRecord> = vec![
         record(20, Outcome::Imported, None, cutoff),
         record(21, Outcome::Imported, None, cutoff + DAY_MS),
         record(
@@ -179,6 +181,13 @@ async fn compaction_removes_only_records_decided_before_the_cutoff_from_the_hash
             now_ms() - 1_000,
         ),
     ];
+    // Imported long ago, its `call.imported` event still owed (the job that would announce it
+    // is a dead letter): kept, or a replay would skip it `outside_window` and never announce it.
+    let owed = OutcomeRecord {
+        announced: false,
+        ..record(11, Outcome::Imported, None, cutoff - 7 * DAY_MS)
+    };
+    kept.push(owed.clone());
     // A call skipped `no_user` long ago and imported lately: its old reason's index is empty,
     // but the code stayed in the reasons set until a compaction sweeps it.
     let moved_before = record(30, Outcome::Skipped, Some("no_user"), cutoff - 10 * DAY_MS);
@@ -199,17 +208,27 @@ async fn compaction_removes_only_records_decided_before_the_cutoff_from_the_hash
         all_reasons.iter().map(|r| r.to_string()).collect()
     );
 
-    // In batches of 4: 4, 4, 2 (fewer than a batch: nothing older is left), then none.
+    // In batches of 4, each passing over the records earlier ones kept: the first keeps the
+    // owed one (the second oldest), then 4 and 3 go (fewer than a batch: nothing older is
+    // left). Later compactions keep it again.
     let mut batches = Vec::new();
+    let mut skip = 0;
     loop {
-        let removed = store.compact(&id, cutoff, 4).await.unwrap();
-        batches.push(removed);
-        if removed < 4 {
+        let done = store.compact(&id, cutoff, 4, skip).await.unwrap();
+        batches.push((done.removed, done.kept));
+        skip += done.kept;
+        if done.removed + done.kept < 4 {
             break;
         }
     }
-    assert_eq!(batches, [4, 4, 2]);
-    assert_eq!(store.compact(&id, cutoff, 4).await.unwrap(), 0);
+    assert_eq!(batches, [(3, 1), (4, 0), (3, 0)]);
+    assert_eq!(
+        store.compact(&id, cutoff, 4, 0).await.unwrap(),
+        Compacted {
+            removed: 0,
+            kept: 1
+        }
+    );
 
     // The old records are gone from the hash and every index.
     let names = index_names(&all_reasons);
@@ -240,12 +259,12 @@ async fn compaction_removes_only_records_decided_before_the_cutoff_from_the_hash
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(hash_len, 6);
+    assert_eq!(hash_len, 7);
 
     // The counts agree, and the reasons set lost exactly the codes no call has any more.
     let counts = store.counts(&id).await.unwrap();
     let expected: BTreeMap<String, u64> = [
-        ("outcome:imported", 3),
+        ("outcome:imported", 4),
         ("outcome:skipped", 1),
         ("outcome:pending", 1),
         ("outcome:failed", 1),
