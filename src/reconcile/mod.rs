@@ -32,8 +32,10 @@
 //! whatever the number of connections). Up to `reconcile.concurrency` passes run at once, each on
 //! its own connection, under its own lock and budget: a connection whose Aircall is slow or
 //! failing holds one place, while the others go on being started as they come due. A connection
-//! whose last pass failed ("troubled") may only take one of the quarter of the places set aside
-//! for such connections, so even many of them never hold the healthy ones up; and a pass that
+//! whose last pass failed ("troubled") is started after the healthy ones due with it, and in the
+//! loop may only take one of the quarter of the places set aside for such connections, so even
+//! many of them never hold up the healthy ones coming due later (a CronJob round, where nothing
+//! else comes due, lets them take every place once its healthy ones are started); and a pass that
 //! sends no Aircall request for `reconcile.stall_timeout_ms` is abandoned. Each connection keeps
 //! a place in the cycle derived from its id, so connections made together (a migration, a
 //! restart after an outage) spread over the interval after their first pass instead of coming
@@ -191,16 +193,18 @@ impl Reconciler {
         let scheduler = Scheduler::new(self.settings.concurrency, None);
         let mut repaired_at: Option<i64> = None;
         loop {
+            let next_tick = tokio::time::Instant::now() + self.settings.tick();
             let now = self.clock.now_ms();
             if repaired_at.is_none_or(|at| now - at >= self.settings.interval_ms as i64)
                 && self.repair_index().await
             {
                 repaired_at = Some(now);
             }
-            self.start_due(&scheduler, now, &cancel).await;
+            self.start_due(&scheduler, now, Some(next_tick), &cancel)
+                .await;
             self.expire_retired(&cancel).await;
             tokio::select! {
-                () = tokio::time::sleep(self.settings.tick()) => {}
+                () = tokio::time::sleep_until(next_tick) => {}
                 () = cancel.cancelled() => break,
             }
         }
@@ -226,7 +230,7 @@ impl Reconciler {
         // the pod's start.
         let cap = once.then_some(round_start + self.settings.interval_ms as i64);
         let scheduler = Scheduler::new(self.settings.concurrency, cap);
-        self.start_due(&scheduler, due_by, cancel).await;
+        self.start_due(&scheduler, due_by, None, cancel).await;
         scheduler.tasks.close();
         scheduler.tasks.wait().await;
         self.expire_retired(cancel).await;
@@ -253,8 +257,17 @@ impl Reconciler {
     }
 
     /// Starts a pass for each connection due by `due_by` and not running already, waiting for a
-    /// free place before each; returns once all are started (or `cancel` fired).
-    async fn start_due(&self, scheduler: &Scheduler, due_by: i64, cancel: &CancellationToken) {
+    /// free place before each; returns once all are started (or `cancel` fired). The healthy
+    /// connections go first; then the troubled ones (their last pass failed), each also waiting
+    /// for one of the scheduler's troubled places, until `troubled_until` when given (the loop's
+    /// next tick, where connections that came due meanwhile go first again).
+    async fn start_due(
+        &self,
+        scheduler: &Scheduler,
+        due_by: i64,
+        troubled_until: Option<tokio::time::Instant>,
+        cancel: &CancellationToken,
+    ) {
         let (due, troubled) = match tokio::try_join!(self.state.due(due_by), self.state.troubled())
         {
             Ok(read) => read,
@@ -264,17 +277,32 @@ impl Reconciler {
                 return;
             }
         };
-        for id in due {
+        let (troubled_due, healthy): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|id| troubled.contains(id.as_str()));
+        let in_turn = healthy
+            .into_iter()
+            .map(|id| (id, false))
+            .chain(troubled_due.into_iter().map(|id| (id, true)));
+        let time_up = async {
+            match troubled_until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(time_up);
+        for (id, is_troubled) in in_turn {
             let Some(claim) = scheduler.claim(&id) else {
                 continue;
             };
-            // A troubled connection waits for its own kind of place without holding the
-            // others up: none free now, it is looked at again at the next tick.
-            let troubled_place = if troubled.contains(id.as_str()) {
-                match scheduler.troubled_places.clone().try_acquire_owned() {
-                    Ok(place) => Some(place),
-                    Err(_) => continue,
-                }
+            let troubled_place = if is_troubled {
+                let place = tokio::select! {
+                    place = scheduler.troubled_places.clone().acquire_owned() => place,
+                    () = &mut time_up => return,
+                    () = cancel.cancelled() => return,
+                };
+                let Ok(place) = place else { return };
+                Some(place)
             } else {
                 None
             };
@@ -1056,8 +1084,8 @@ async fn stalled(client: &AircallClient, limit: Duration) {
     }
 }
 
-/// The passes of one process: the free places (and the quarter of them troubled connections
-/// may take), the connections being passed over now (never two passes of one connection from
+/// The passes of one process: the free places (and those troubled connections may take), the
+/// connections being passed over now (never two passes of one connection from
 /// one process), the running tasks, the round's totals, and for a CronJob round the latest a
 /// connection's next pass may be scheduled for.
 #[derive(Clone)]
@@ -1086,11 +1114,20 @@ impl Drop for Claim {
 }
 
 impl Scheduler {
+    /// `cap`: the round's end, for a CronJob round (see [`Scheduler::cap`]). A round starts
+    /// every troubled connection once all its healthy ones are started: nothing else will come
+    /// due in it, so they may take every place; the loop keeps three quarters of the places
+    /// for the connections that come due at its next ticks.
     fn new(concurrency: usize, cap: Option<i64>) -> Self {
         let concurrency = concurrency.max(1);
+        let troubled = if cap.is_some() {
+            concurrency
+        } else {
+            (concurrency / 4).max(1)
+        };
         Self {
             places: Arc::new(Semaphore::new(concurrency)),
-            troubled_places: Arc::new(Semaphore::new((concurrency / 4).max(1))),
+            troubled_places: Arc::new(Semaphore::new(troubled)),
             running: Arc::default(),
             tasks: TaskTracker::new(),
             round: Arc::default(),

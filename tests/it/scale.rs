@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aircall_ingest::connections::ConnectionId;
-use aircall_ingest::reconcile::RunReport;
+use aircall_ingest::reconcile::{Round, RunReport};
 use aircall_ingest::sim::{CompanySpec, Faults};
 use reqwest::Method;
 use serde_json::json;
@@ -182,4 +182,70 @@ async fn slow_or_failing_aircalls_delay_no_other_connection() {
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_round_passes_over_every_troubled_connection() {
+    let t = AdminTest::start("scale-troubled-round", |s| {
+        // One place for troubled connections in the loop.
+        s.reconcile.concurrency = 4;
+        s.reconcile.jitter_ms = 0;
+        s.aircall.max_attempts = 1;
+    })
+    .await;
+    // Eight connections, more than the loop's troubled places, whose Aircall then fails.
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let company = t
+            .sim
+            .state
+            .add_company(CompanySpec {
+                agents: 1,
+                ..CompanySpec::default()
+            })
+            .unwrap();
+        let id = format!("company-{i}");
+        let users: Vec<String> = company.agents.iter().map(|a| a.email.clone()).collect();
+        let (status, body) = t
+            .send(
+                Method::POST,
+                "/api/connections",
+                Some(json!({"id": id, "api_id": company.api_id, "api_token": company.api_token, "users": users})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        t.wait_report_after(&id, 0).await;
+        let faults = Faults {
+            error_5xx_share: 1.0,
+            ..Faults::default()
+        };
+        t.sim.state.set_faults(Some(company.id), faults);
+        ids.push(ConnectionId::parse(&id).unwrap());
+    }
+
+    // The first round finds them healthy and every pass fails; the second finds every one
+    // troubled, and still passes over each (a CronJob round has nothing else to keep places for).
+    let reconciler = t.app.ctx.reconciler();
+    let cancel = CancellationToken::new();
+    for round in ["healthy", "troubled"] {
+        for id in &ids {
+            reconciler.state.make_due(id).await.unwrap();
+        }
+        let totals = reconciler.run_due(true, &cancel).await;
+        assert_eq!(
+            totals,
+            Round {
+                succeeded: 0,
+                failed: 8,
+                skipped: 0
+            },
+            "{round}"
+        );
+        assert_eq!(
+            reconciler.state.troubled().await.unwrap().len(),
+            8,
+            "{round}"
+        );
+    }
+    t.stop().await;
 }
