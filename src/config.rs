@@ -129,8 +129,9 @@ pub struct IntakeSettings {
     /// How long an accepted (connection, event, call) is remembered to shed Aircall's obvious
     /// redeliveries, in milliseconds (0 turns it off). The worker is idempotent regardless.
     pub dedupe_ttl_ms: u64,
-    /// How long a connection's webhook fingerprint is cached in memory, in milliseconds. A stale
-    /// entry also answers while Redis is unreachable.
+    /// How often a connection's webhook fingerprint held in memory is read again from Redis, in
+    /// the background, in milliseconds. A webhook is checked against the held one, however old,
+    /// with no Redis read; a token that does not match it is checked against Redis at once.
     pub connection_cache_ttl_ms: u64,
     /// How often the spool drainer looks for spooled jobs, in milliseconds.
     pub spool_drain_interval_ms: u64,

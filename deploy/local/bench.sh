@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, rerun: RabbitMQ and Redis are started first, then each named
 # benchmark in turn. Usage: deploy/local/bench.sh [NAME...]; with no name, all of them, in this
-# order (about 80 minutes on a 2-core machine):
+# order (about 85 minutes on a 2-core machine):
 #
 #   intake      benches/intake.rs: webhook intake against raw-broker and bare-HTTP baselines
 #   import      benches/import.rs: recording imports against raw downloads; the release worker's
@@ -12,7 +12,7 @@
 #               the simulator's memory per company, connecting them, one full reconcile cycle on
 #               one replica (concurrency 16 and 1, with and without 150 ms of Aircall latency),
 #               Aircall requests and Redis memory per connection, intake with N connections vs
-#               10 (about 10 min)
+#               10 (about 5 min)
 #   load        benches/load.rs: the release serve and worker; the intake's peak, then half of it
 #               for 10 min (LOAD_SECONDS) while live calls' small recordings are imported: latency,
 #               memory trends, backlog (about 12 min, both cores; Redis grows by several hundred

@@ -18,6 +18,7 @@ use crate::connections::{
     OutcomeQuery,
 };
 use crate::import::rules::{PayingUsers, looks_like_email};
+use crate::import::storage::StorageError;
 use crate::queue::dead_letters::Selection;
 use crate::web::{ApiError, ErrorBody};
 
@@ -465,6 +466,7 @@ const MAX_ACTIVITY_DAYS: u32 = 90;
     responses(
         (status = 200, description = "The recording as stored.", content_type = "audio/mpeg", body = Recording),
         (status = 404, description = "No such connection (`unknown_connection`), the call was not imported (`not_imported`) or its recording is no longer in storage (`recording_missing`).", body = ErrorBody),
+        (status = 500, description = "The call's record names a storage key this service refuses (`recording_key_invalid`).", body = ErrorBody),
         (status = 503, description = "Redis is unavailable (`redis_unavailable`) or the storage cannot be read (`storage_unavailable`); retry after `Retry-After` seconds.", body = ErrorBody),
     )
 )]
@@ -498,12 +500,20 @@ async fn recording(
         .await
         .map_err(|e| {
             warn!(connection = %current.id, call = call_id, error = %e, "cannot read a recording");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                "the recording storage cannot be read; try again shortly",
-            )
-            .retry_after(5)
+            match e {
+                // The record names a key storage refuses: asking again will not mend it.
+                StorageError::InvalidKey(_) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "recording_key_invalid",
+                    "the call's record names a storage key this service refuses",
+                ),
+                _ => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the recording storage cannot be read; try again shortly",
+                )
+                .retry_after(5),
+            }
         })?;
     let Some(reading) = reading else {
         return Err(ApiError::new(

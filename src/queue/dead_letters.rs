@@ -402,14 +402,20 @@ impl Reader {
                     requeue: true,
                 })
                 .await;
+            // Usually in within milliseconds; a busy broker (whose count may read 0) is asked
+            // less and less often.
             let deadline = tokio::time::Instant::now() + GIVE_BACK_WAIT;
+            let mut pause = std::time::Duration::from_millis(10);
             while nacked.is_ok() && tokio::time::Instant::now() < deadline {
                 match ready_count(&self.channel, &self.queue).await {
                     Ok(count) if count >= expected => {
                         in_queue = count;
                         break;
                     }
-                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    Ok(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                    }
                     Err(_) => break,
                 }
             }

@@ -190,7 +190,8 @@ const enc = encodeURIComponent;
 // ------------------------------------------------------------------------------ sign in
 
 function signIn(show, problem) {
-  const input = el("input", { id: "token", type: "password", autocomplete: "current-password", required: true });
+  // Not offered to the password manager: the token is kept for this tab only.
+  const input = el("input", { id: "token", type: "password", autocomplete: "off", required: true });
   const form = el("form", { class: "card", "aria-labelledby": "sign-in-title" },
     el("h1", { id: "sign-in-title" }, "Sign in"),
     el("p", { class: "muted" }, "Enter the service's admin token. It is kept for this browser tab only."),
@@ -310,7 +311,8 @@ async function connectionPage(show, id, notice) {
     api("GET", `/api/connections/${enc(id)}/users`),
     api("GET", `/api/connections/${enc(id)}/activity?days=14`),
   ]);
-  if (answer.status !== 200) return show(el("h1", {}, id), errorAlert(answer));
+  // What the operator just did (`notice`) stays on the page even when it cannot be redrawn.
+  if (answer.status !== 200) return show(el("h1", {}, id), notice, errorAlert(answer));
   const c = answer.body;
   const calls = (query) => `#/connections/${enc(id)}/calls${query ? `?${query}` : ""}`;
   const count = (label, value, query) => el("a", { class: "count", href: calls(query) }, el("strong", {}, value), label);
@@ -318,7 +320,9 @@ async function connectionPage(show, id, notice) {
   const notices = el("div", {}, notice);
   const syncButton = el("button", { type: "button", class: "secondary" }, "Sync now");
   syncButton.addEventListener("click", () => busy(syncButton, (async () => {
-    const asked = Date.now();
+    // The pass's report is the first one that is not the report shown now (the server's clock,
+    // not this browser's, dates them).
+    const before = c.sync.last_report?.started_at_ms;
     const started = await api("POST", `/api/connections/${enc(id)}/sync`);
     if (started.status !== 202) return notices.replaceChildren(errorAlert(started));
     notices.replaceChildren(alertBox("info", "A reconciliation pass is running; its report shows here when it ends."));
@@ -327,11 +331,14 @@ async function connectionPage(show, id, notice) {
       await sleep(1500);
       const now = await api("GET", `/api/connections/${enc(id)}`);
       const report = now.body?.sync?.last_report;
-      if (now.status === 200 && !now.body.sync.running && report && report.started_at_ms >= asked - 5000) {
+      if (now.status === 200 && !now.body.sync.running && report && report.started_at_ms !== before) {
         return reload(report.error
           ? alertBox("error", `The pass failed: ${report.error}`)
           : alertBox("ok", `The pass finished: ${report.calls_seen} calls seen, ${report.queued} queued.`));
       }
+    }
+    if (show.current()) {
+      notices.replaceChildren(alertBox("info", "The pass is still waiting for a place or running; its report will show on this page later."));
     }
   })()));
   show(
@@ -609,7 +616,7 @@ function recordingButton(id, call) {
 
 async function deadLettersPage(show, notice) {
   const answer = await api("GET", "/api/dead-letters?limit=200");
-  if (answer.status !== 200) return show(el("h1", {}, "Dead letters"), errorAlert(answer));
+  if (answer.status !== 200) return show(el("h1", {}, "Dead letters"), notice, errorAlert(answer));
   const replay = async (button, body, what) => {
     await busy(button, (async () => {
       const done = await api("POST", "/api/dead-letters/replay", body);
