@@ -134,7 +134,7 @@ async fn the_console_connects_explains_each_call_and_replays_dead_letters() {
         command
             .kill_on_drop(true)
             .current_dir(&tests)
-            .args(["--test", "--test-concurrency=1", "console.test.mjs"])
+            .args(["--test", "console.test.mjs"])
             .env("CONSOLE_URL", &base)
             .env("ADMIN_TOKEN", DEVELOPMENT_ADMIN_TOKEN)
             .env("GOOD_API_ID", &fresh.api_id)
