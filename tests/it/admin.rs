@@ -1162,6 +1162,57 @@ async fn dead_letters_are_listed_with_their_errors_and_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_dropped_half_way_still_gives_everything_back_and_lets_go_of_the_reader_lease() {
+    use aircall_ingest::import::lease::Leases;
+    use aircall_ingest::queue::dead_letters::DeadLetters;
+
+    let t = AdminTest::start("admin-dead-dropped", |_| {}).await;
+    // Enough dead letters that reading them takes a while.
+    let letters = 500;
+    let publishes = (0..letters).map(|call| dead_letter(&t, "acme", call, "download_failed"));
+    futures_util::future::join_all(publishes).await;
+    let prefix = &t.app.ctx.settings.redis_key_prefix;
+    let dead_letters = DeadLetters::new(
+        t.app.ctx.broker.clone(),
+        Leases::new(redis().await, prefix, Duration::from_secs(60)),
+        prefix,
+        10_000,
+    );
+
+    // A listing whose caller goes away (a request dropped by a server stopping) once it is
+    // the reader.
+    let reader_key = format!("{prefix}:dead-letters:reader");
+    let mut redis = redis().await;
+    {
+        let listing = dead_letters.list(None, 1_000);
+        tokio::pin!(listing);
+        loop {
+            tokio::select! {
+                biased;
+                page = &mut listing => panic!("the listing ended before it could be dropped: {page:?}"),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+            let held: bool = redis::cmd("EXISTS")
+                .arg(&reader_key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            if held {
+                break;
+            }
+        }
+    }
+    // The next reader is let in as soon as that listing ends (not refused as busy until the
+    // lease expires), and sees every message back.
+    let page = dead_letters.list(None, 1_000).await.unwrap();
+    assert_eq!(
+        (page.total, page.items.len()),
+        (letters as u32, letters as usize)
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_of_all_replays_each_job_once_even_when_it_fails_again_at_once() {
     let mut t = AdminTest::start("admin-dead-bounce", |_| {}).await;
     t.start_worker();
