@@ -335,7 +335,7 @@ impl Reconciler {
 
     /// Removes the records disconnected connections left (their imports) once the newest of
     /// them is past the retention, then forgets the connection; [`RETIRED_PER_ROUND`] of them
-    /// at most. Without a lock, like [`Self::expire_outcomes_unlocked`]. Failures are logged:
+    /// at most. Without a lock, like [`Self::expire_outcomes_logged`]. Failures are logged:
     /// the next round tries again.
     async fn expire_retired(&self, cancel: &CancellationToken) {
         let kept_for = self.retention.outcome_ttl(&self.import).as_millis() as i64;
@@ -436,7 +436,7 @@ impl Reconciler {
         if connection.status == ConnectionStatus::InvalidCredentials {
             // Nothing to ask Aircall with; new credentials reset the status. Its webhooks still
             // bring jobs (recorded `failed`): their records expire all the same.
-            self.expire_outcomes_unlocked(id).await;
+            self.expire_outcomes_logged(id).await;
             put_off().await?;
             return Ok(Pass::Skipped("invalid_credentials"));
         }
@@ -444,10 +444,19 @@ impl Reconciler {
         let users_version = self.connections.users_version(id).await?;
         let users = self.connections.paying_users(id).await?;
         if users.is_empty() {
-            self.expire_outcomes_unlocked(id).await;
+            self.expire_outcomes_logged(id).await;
             put_off().await?;
             return Ok(Pass::Skipped("waiting_for_users"));
         }
+        let client = match self.client(&connection, cancel) {
+            Ok(client) => client,
+            Err(e) => {
+                // Credentials sealed under a key this process lacks: not mended by retrying
+                // at every tick.
+                put_off().await?;
+                return Err(e);
+            }
+        };
         let Some(lock) = self.locks.acquire_key(self.state.lock_key(id)).await? else {
             return Ok(Pass::Skipped("locked"));
         };
@@ -461,7 +470,6 @@ impl Reconciler {
         }
         let started_ms = self.clock.now_ms();
         let mut report = RunReport::new(id, started_ms);
-        let client = self.client(&connection, cancel)?;
         let outcome = tokio::select! {
             outcome = self.pass(&connection, &lock, (&users, users_version), &client, &mut state, &mut report) => outcome,
             () = lock.lost() => Err(ReconcileError::LockLost),
@@ -495,7 +503,7 @@ impl Reconciler {
         }
         if outcome.is_err() {
             // What a failing connection's webhooks keep bringing must not pile up either.
-            self.expire_outcomes_unlocked(id).await;
+            self.expire_outcomes_logged(id).await;
         }
         // The next pass comes at the connection's place in the cycle; after a failure, a third
         // of an interval after this one ended, since what failed (the first import, say) is
@@ -525,7 +533,11 @@ impl Reconciler {
             info!("the lock was lost; this pass's state and report were not written");
             return Ok(Pass::Ran(Box::new(report)));
         }
-        self.state.mark_troubled(id, outcome.is_err()).await?;
+        // A hint for the scheduler, like the due index: a failure to write it is mended by the
+        // next pass and fails nothing.
+        if let Err(e) = self.state.mark_troubled(id, outcome.is_err()).await {
+            warn!(error = %e, "cannot note whether the connection is troubled");
+        }
         lock.release().await;
         Ok(Pass::Ran(Box::new(report)))
     }
@@ -624,19 +636,21 @@ impl Reconciler {
         }
         state.users_seen = Some(users_version);
         self.recheck_pending(id, report).await?;
-        report.outcomes_expired = self.expire_outcomes(id).await?;
+        // The import is complete: a retention that fails leaves its records to the next pass.
+        report.outcomes_expired = self.expire_outcomes_logged(id).await;
         Ok(())
     }
 
-    /// [`Self::expire_outcomes`] for a connection no pass runs for now (it waits for paying
-    /// users or for new credentials) while its webhooks still bring decisions. Without the
-    /// pass's lock, which the removal does not need: each batch is one atomic script, and two
-    /// processes removing at once only find less to remove. A failure is logged; the next look
-    /// tries again.
-    async fn expire_outcomes_unlocked(&self, id: &ConnectionId) {
-        if let Err(e) = self.expire_outcomes(id).await {
+    /// [`Self::expire_outcomes`], a failure logged and counted as nothing removed (the next look
+    /// tries again). It needs no lock — each batch is one atomic script, and two processes
+    /// removing at once only find less to remove — so it also serves a connection no pass runs
+    /// for now (waiting for paying users or for new credentials, or whose pass failed) while its
+    /// webhooks still bring decisions.
+    async fn expire_outcomes_logged(&self, id: &ConnectionId) -> u64 {
+        self.expire_outcomes(id).await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot remove the outcome records past the retention");
-        }
+            0
+        })
     }
 
     /// Removes the connection's outcome records decided before the retention's cutoff (now
