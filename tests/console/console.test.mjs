@@ -203,10 +203,13 @@ test("a page still loading never replaces the one the operator moved on to", asy
     await new Promise((resolve) => setTimeout(resolve, 1500));
     await route.continue();
   });
+  const slowAnswered = page.waitForResponse((response) => slow(new URL(response.url())));
   await page.goto(`${base}/console#/connections/${id}/calls`);
   await nav("Dead letters").click();
   await page.getByRole("heading", { name: "Dead letters" }).waitFor();
-  await page.waitForTimeout(2000);
+  // The calls page's answer arrives after the move; the page had its chance to draw it.
+  await slowAnswered;
+  await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 200))));
   assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Dead letters");
   assert.equal(await page.locator("main").getAttribute("data-page"), "#/dead-letters");
   await page.unroute(slow);
