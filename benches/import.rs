@@ -44,7 +44,6 @@ use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::{AircallClient, CallId, Credentials};
 use aircall_ingest::app::Context;
-use aircall_ingest::config::{Mode, Settings};
 use aircall_ingest::connections::{self, ConnectionId, Outcome};
 use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::import::{Handled, Importer, Report};
@@ -223,12 +222,7 @@ impl Drop for Service {
 
 impl Service {
     async fn start(sim: &RunningSimulator, company: &CompanyInfo, root: PathBuf) -> Service {
-        // AIRCALL_INGEST_* variables apply, for experiments.
-        let mut settings = Settings::load(None).expect("configuration");
-        let tag = format!("bench-import-{:08x}", fastrand::u32(..));
-        settings.mode = Mode::Development;
-        settings.redis_key_prefix = tag.clone();
-        settings.queue.prefix = tag;
+        let (mut settings, _) = common::bench_settings("import");
         settings.aircall_base_url = sim.base_url.clone();
         settings.aircall.requests_per_window = 100_000;
         settings.import.recording_hosts = vec!["127.0.0.1".into()];

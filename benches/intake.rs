@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use aircall_ingest::app::Context;
-use aircall_ingest::config::{Mode, Settings};
 use aircall_ingest::connections::{ConnectionId, ConnectionRecord, ConnectionStatus};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -341,11 +340,7 @@ async fn main() {
 
     // The service, with its own queue names and Redis keys.
     // AIRCALL_INGEST_* variables apply, for experiments (e.g. turning the redelivery marker off).
-    let mut settings = Settings::load(None).expect("configuration");
-    settings.mode = Mode::Development;
-    let tag = format!("bench-{:08x}", fastrand::u32(..));
-    settings.redis_key_prefix = tag.clone();
-    settings.queue.prefix = tag.clone();
+    let (mut settings, tag) = common::bench_settings("intake");
     settings.serve.workers = workers;
     let ctx = Context::new(settings).unwrap();
     ctx.broker

@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::Credentials;
 use aircall_ingest::app::Context;
-use aircall_ingest::config::{Mode, Settings};
+use aircall_ingest::config::Settings;
 use aircall_ingest::connections::{self, ConnectionId, Outcome, OutcomeQuery};
 use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::queue::{ImportJob, Message};
@@ -212,12 +212,7 @@ impl Service {
         requests_per_window: u32,
         tweak: impl FnOnce(&mut Settings),
     ) -> Service {
-        // AIRCALL_INGEST_* variables apply, for experiments.
-        let mut settings = Settings::load(None).expect("configuration");
-        let tag = format!("bench-reconcile-{:08x}", fastrand::u32(..));
-        settings.mode = Mode::Development;
-        settings.redis_key_prefix = tag.clone();
-        settings.queue.prefix = tag;
+        let (mut settings, _) = common::bench_settings("reconcile");
         settings.aircall_base_url = sim.base_url.clone();
         settings.aircall.requests_per_window = requests_per_window;
         settings.import.recording_hosts = vec!["127.0.0.1".into()];

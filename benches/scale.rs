@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use aircall_ingest::aircall::Credentials;
 use aircall_ingest::app::Context;
-use aircall_ingest::config::{Mode, Settings};
+use aircall_ingest::config::Settings;
 use aircall_ingest::connections::{self, ConnectionId};
 use aircall_ingest::import::rules::PayingUsers;
 use aircall_ingest::reconcile::{Reconciler, Round};
@@ -210,12 +210,7 @@ struct Service {
 
 impl Service {
     async fn start(sim: &RunningSimulator, leftovers: &Leftovers, root: PathBuf) -> Service {
-        // AIRCALL_INGEST_* variables apply, for experiments.
-        let mut settings = Settings::load(None).expect("configuration");
-        let tag = format!("bench-scale-{:08x}", fastrand::u32(..));
-        settings.mode = Mode::Development;
-        settings.redis_key_prefix = tag.clone();
-        settings.queue.prefix = tag;
+        let (mut settings, _) = common::bench_settings("scale");
         settings.aircall_base_url = sim.base_url.clone();
         settings.import.recording_hosts = vec!["127.0.0.1".into()];
         settings.storage.root = root.clone();

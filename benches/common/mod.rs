@@ -434,6 +434,18 @@ pub async fn run_cleaning_up<Fut>(
     }
 }
 
+/// The settings of the service a benchmark measures: the `AIRCALL_INGEST_*` variables (for
+/// experiments) over the defaults, development mode, and Redis keys and queues of its own
+/// (`bench-{name}-{random}`, also returned).
+pub fn bench_settings(name: &str) -> (aircall_ingest::config::Settings, String) {
+    let mut settings = aircall_ingest::config::Settings::load(None).expect("configuration");
+    let tag = format!("bench-{name}-{:08x}", fastrand::u32(..));
+    settings.mode = aircall_ingest::config::Mode::Development;
+    settings.redis_key_prefix = tag.clone();
+    settings.queue.prefix = tag.clone();
+    (settings, tag)
+}
+
 /// Starts the service a benchmark measures from `settings`: `serve` on a port of its own (the
 /// webhook endpoint, the admin API, the broker supervisor and spool drainer), its `public_url`
 /// pointing there, RabbitMQ connected. Its traces are noted in `leftovers` before anything
